@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make run` (the pipeline) and `make test` (the suite).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: run test venv bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "modelshelf needs Python >= 3.11; set PYTHON=python3.11")'
+	@echo "==> creating $(VENV) with $$($(PYTHON) --version)"
+	$(PYTHON) -m venv $(VENV)
+	@echo "==> installing modelshelf and its pinned dependencies (requirements.lock)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	@echo "==> dvc repro: prepare → train → evaluate → gate → serialise"
+	$(BIN)/dvc repro
+	@echo "==> the model card"
+	$(BIN)/shelf show
+
+test: $(STAMP)
+	@echo "==> running the test suite"
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/pipeline.py
+
+clean:
+	rm -rf $(VENV) build

@@ -1,0 +1,20 @@
+"""modelshelf: gated, versioned scikit-learn models on Git + DVC."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from modelshelf.model import Model
+
+
+def load(card_or_dir: Any, *, allow_version_mismatch: bool = False) -> Model:
+    """Load a model verified against its card (see :func:`modelshelf.model.load`)."""
+    from modelshelf.model import load as _load
+
+    return _load(card_or_dir, allow_version_mismatch=allow_version_mismatch)
+
+
+__all__ = ["__version__", "load"]

@@ -1,0 +1,123 @@
+"""Artefact bytes: sha256, atomic writes, and verify-before-deserialise loading."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from modelshelf.errors import IntegrityError, VersionMismatchError
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@contextmanager
+def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temp file beside ``path``; on success fsync and rename it into place.
+
+    On any error the temp file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n"
+    with atomic_output(path, "w") as fh:
+        fh.write(text)
+
+
+def dump_joblib(obj: Any, path: str | Path, compress: int = 3) -> None:
+    """``joblib.dump`` to a temp file, then rename: never a half-written model."""
+    import joblib
+
+    with atomic_output(path, "wb") as fh:
+        joblib.dump(obj, fh, compress=compress)
+
+
+def verify(path: str | Path, expected_sha256: str, label: str = "") -> None:
+    """Raise IntegrityError unless ``path`` exists and hashes to ``expected_sha256``."""
+    path = Path(path)
+    if not path.is_file():
+        raise IntegrityError(str(path), "artefact is missing",
+                             "run `dvc pull` (or `dvc repro`) to restore it")
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise IntegrityError(
+            str(path),
+            f"sha256 {actual[:12]}… does not match {label or 'the recorded'} {expected_sha256[:12]}…; "
+            "refusing to deserialise it",
+            "restore the file with `dvc checkout` or `dvc pull`, never load it as it is")
+
+
+def load_verified(path: str | Path, expected_sha256: str, *, sklearn_version: str | None = None,
+                  allow_version_mismatch: bool = False, label: str = "") -> Any:
+    """Verify ``path`` against ``expected_sha256``, then (and only then) ``joblib.load`` it.
+
+    When ``sklearn_version`` is given and differs from the running scikit-learn,
+    refuse unless ``allow_version_mismatch``; scikit-learn's own
+    InconsistentVersionWarning is an error too.
+    """
+    verify(path, expected_sha256, label)
+    import joblib
+    import sklearn
+    from sklearn.exceptions import InconsistentVersionWarning
+
+    if sklearn_version and sklearn_version != sklearn.__version__ and not allow_version_mismatch:
+        raise VersionMismatchError(
+            str(path),
+            f"built with scikit-learn {sklearn_version} but {sklearn.__version__} is installed",
+            f"install scikit-learn=={sklearn_version} (e.g. `pip install scikit-learn=={sklearn_version}`) "
+            "or pass allow_version_mismatch=True / --allow-version-mismatch")
+    with warnings.catch_warnings():
+        action = "ignore" if allow_version_mismatch else "error"
+        warnings.simplefilter(action, InconsistentVersionWarning)  # type: ignore[arg-type]
+        try:
+            return joblib.load(path)
+        except InconsistentVersionWarning as exc:
+            raise VersionMismatchError(
+                str(path), f"pickled by scikit-learn {exc.original_sklearn_version}, "
+                f"running {exc.current_sklearn_version}",
+                f"install scikit-learn=={exc.original_sklearn_version}") from None
+
+
+def file_record(path: str | Path, root: str | Path | None = None) -> dict[str, Any]:
+    """``{file, sha256, bytes}`` for the card; ``file`` relative to ``root``."""
+    path = Path(path)
+    name = path.name if root is None else os.path.relpath(path, root)
+    return {"file": Path(name).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` atomically."""
+    with atomic_output(path, "w") as fh:
+        fh.write(text)

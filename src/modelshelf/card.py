@@ -1,0 +1,110 @@
+"""The metadata card: what a model is, how it was made, and the hashes that prove it."""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from modelshelf.errors import IntegrityError
+
+SCHEMA_VERSION = 1
+CARD_FILE = "card.json"
+MODEL_FILE = "model.joblib"
+DEPENDENCIES = ("scikit-learn", "joblib", "numpy", "scipy", "pandas")
+REQUIRED = ("schema_version", "name", "version", "trained_at", "dataset", "algorithm",
+            "hyperparams", "metrics", "gate", "dependencies", "input_schema", "artefacts", "git")
+
+
+def dependency_versions() -> dict[str, str]:
+    """Python and the versions of the libraries a pickled model depends on."""
+    out = {"python": platform.python_version()}
+    for dist in DEPENDENCIES:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def build_card(*, name: str, version: str, bump: str, dataset: Mapping[str, Any], algorithm: str,
+               pipeline: list[str], hyperparams: Mapping[str, Any], metrics: Mapping[str, Any],
+               gate: Mapping[str, Any], input_schema: Mapping[str, Any],
+               artefacts: Mapping[str, Any], git: Mapping[str, Any]) -> dict[str, Any]:
+    """Assemble a card; every field is JSON-safe."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "version": version,
+        "version_bump": bump,
+        "trained_at": utc_now(),
+        "dataset": dict(dataset),
+        "algorithm": algorithm,
+        "pipeline": list(pipeline),
+        "hyperparams": dict(hyperparams),
+        "metrics": dict(metrics),
+        "gate": dict(gate),
+        "dependencies": dependency_versions(),
+        "input_schema": dict(input_schema),
+        "artefacts": dict(artefacts),
+        "git": dict(git),
+    }
+
+
+def parse_card(raw: bytes | str, where: str) -> dict[str, Any]:
+    """Parse and check a card's JSON; IntegrityError names what is wrong."""
+    try:
+        card = json.loads(raw)
+    except ValueError:
+        raise IntegrityError(where, "the card is not valid JSON",
+                             "restore it with `git checkout` or rerun `dvc repro`") from None
+    if not isinstance(card, dict):
+        raise IntegrityError(where, "the card is not a JSON object", "restore it with `git checkout`")
+    missing = [k for k in REQUIRED if k not in card]
+    if missing:
+        raise IntegrityError(where, f"the card lacks '{missing[0]}'",
+                             "rerun `dvc repro` to rebuild it")
+    if card["schema_version"] != SCHEMA_VERSION:
+        raise IntegrityError(where, f"card schema_version {card['schema_version']} is not supported",
+                             f"upgrade modelshelf (this one reads version {SCHEMA_VERSION})")
+    model = card["artefacts"].get("model") if isinstance(card["artefacts"], dict) else None
+    if not isinstance(model, dict) or not {"file", "sha256"} <= set(model):
+        raise IntegrityError(where, "the card records no model artefact hash",
+                             "rerun `dvc repro` to rebuild it")
+    return card
+
+
+def read_card(path: str | Path) -> dict[str, Any]:
+    """Read ``card.json`` (or the card in directory ``path``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CARD_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise IntegrityError(str(path), "no model card here",
+                             "run `dvc repro` (or `git checkout` a release) first") from None
+    return parse_card(raw, str(path))
+
+
+def schema_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """True when the input contract differs: feature names and kinds, the task or the classes.
+
+    A new category value is not a change: unseen categories are accepted and ignored.
+    """
+    if old is None:
+        return False
+
+    def contract(schema: Mapping[str, Any]) -> Any:
+        feats = [(f.get("name"), f.get("kind")) for f in schema.get("features", [])]
+        return feats, schema.get("task"), tuple(schema.get("classes") or ())
+
+    return contract(old) != contract(new)

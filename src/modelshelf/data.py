@@ -1,0 +1,197 @@
+"""The dataset: load, validate, infer the task and schema, split deterministically."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelshelf.errors import DataError
+from modelshelf.params import DataParams, suggest
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+BUILTINS = {
+    "breast_cancer": "load_breast_cancer",
+    "iris": "load_iris",
+    "wine": "load_wine",
+    "diabetes": "load_diabetes",
+}
+MISSING_CATEGORY = "__missing__"
+MAX_CLASSES_FOR_AUTO = 20
+MAX_RECORDED_CATEGORIES = 1000
+
+
+@dataclass(frozen=True)
+class Dataset:
+    frame: pd.DataFrame
+    source: str
+    path: str | None
+    sha256: str
+
+
+def load_source(params: DataParams, root: Path) -> Dataset:
+    """Read ``data.source``: ``builtin:NAME`` or a CSV path relative to ``root``."""
+    import pandas as pd
+
+    if params.source.startswith("builtin:"):
+        name = params.source.split(":", 1)[1]
+        if name not in BUILTINS:
+            raise DataError("params.yaml: data.source", f"unknown built-in dataset '{name}'",
+                            suggest(name, tuple(BUILTINS)).replace("valid keys", "built-ins"))
+        import sklearn.datasets
+
+        frame = getattr(sklearn.datasets, BUILTINS[name])(as_frame=True).frame
+        canonical = frame.to_csv(index=False).encode()
+        return Dataset(frame, params.source, None, hashlib.sha256(canonical).hexdigest())
+
+    path = root / params.source
+    where = f"{params.source}"
+    if not path.is_file():
+        raise DataError(where, "data file not found (data.source in params.yaml)",
+                        "check the path, or run `dvc pull` if it is tracked by DVC")
+    raw = path.read_bytes()
+    try:
+        frame = pd.read_csv(path, float_precision="round_trip")
+    except pd.errors.EmptyDataError:
+        raise DataError(where, "the CSV file is empty", "add a header row and data rows") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise DataError(where, f"malformed CSV ({detail})", "fix the file so every row has the header's columns") from None
+    return Dataset(frame, params.source, params.source, hashlib.sha256(raw).hexdigest())
+
+
+def infer_task(y: pd.Series, requested: str) -> str:
+    """``binary``, ``multiclass`` or ``regression`` for target ``y``."""
+    import pandas as pd
+
+    numeric = pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y)
+    if requested == "regression":
+        if not numeric:
+            raise DataError("params.yaml: data.task", "regression needs a numeric target",
+                            "set data.task to classification or auto")
+        return "regression"
+    if requested == "auto" and numeric:
+        integral = pd.api.types.is_integer_dtype(y) or bool(((y % 1) == 0).all())
+        if not integral or y.nunique() > MAX_CLASSES_FOR_AUTO:
+            return "regression"
+    return "binary" if y.nunique() == 2 else "multiclass"
+
+
+def validate(frame: pd.DataFrame, params: DataParams, where: str) -> str:
+    """Check the frame can be trained on; return the task."""
+    target = params.target
+    if frame.shape[0] == 0:
+        raise DataError(where, "the dataset has no rows", "add data rows below the header")
+    if target not in frame.columns:
+        raise DataError(where, f"target column '{target}' (data.target) not found",
+                        suggest(target, tuple(map(str, frame.columns))))
+    if frame.shape[1] < 2:
+        raise DataError(where, "no feature columns besides the target", "add feature columns")
+    y = frame[target]
+    if y.isna().any():
+        raise DataError(where, f"target column '{target}' has {int(y.isna().sum())} missing values",
+                        "remove or fill those rows")
+    empty = [str(c) for c in frame.columns if frame[c].isna().all()]
+    if empty:
+        raise DataError(where, f"column '{empty[0]}' has no values (all NaN)",
+                        "drop the column or fill it")
+    task = infer_task(y, params.task)
+    if task != "regression":
+        counts = y.value_counts()
+        if len(counts) < 2:
+            raise DataError(where, f"target column '{target}' has a single class",
+                            "a classifier needs at least two classes")
+        rare = counts[counts < 2]
+        if len(rare):
+            raise DataError(where, f"class {rare.index[0]!r} has {int(rare.iloc[0])} row; "
+                            "a stratified split needs at least 2 per class",
+                            "add rows for it or remove it")
+        n_test = _n_test(len(frame), params.test_size)
+        if n_test < len(counts) or len(frame) - n_test < len(counts):
+            raise DataError(where, f"{len(frame)} rows cannot be split into train and test sets "
+                            f"holding all {len(counts)} classes (data.test_size={params.test_size})",
+                            "add rows or adjust data.test_size")
+    elif len(frame) < 5:
+        raise DataError(where, f"only {len(frame)} rows", "a regression needs at least 5 rows")
+    return task
+
+
+def _n_test(n: int, test_size: float) -> int:
+    import math
+
+    return math.ceil(n * test_size)
+
+
+def normalise(frame: pd.DataFrame, target: str) -> pd.DataFrame:
+    """Categorical features (object, bool, category) become strings; NaN stays NaN."""
+    import pandas as pd
+
+    out = frame.copy()
+    if pd.api.types.is_bool_dtype(out[target]):
+        out[target] = out[target].astype(str)
+    for col in out.columns:
+        if col == target:
+            continue
+        s = out[col]
+        if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+            out[col] = s.astype(object).where(s.isna(), s.astype(str))
+    return out
+
+
+def schema_of(frame: pd.DataFrame, target: str, task: str) -> dict[str, Any]:
+    """The input schema: features (name, kind, dtype, categories), target, task, classes."""
+    import pandas as pd
+
+    features = []
+    for col in frame.columns:
+        if col == target:
+            continue
+        s = frame[col]
+        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            features.append({"name": str(col), "kind": "numeric", "dtype": str(s.dtype)})
+        else:
+            cats = sorted(s.dropna().astype(str).unique().tolist())
+            entry: dict[str, Any] = {"name": str(col), "kind": "categorical", "dtype": "string",
+                                     "cardinality": len(cats)}
+            entry["categories"] = cats if len(cats) <= MAX_RECORDED_CATEGORIES else None
+            features.append(entry)
+    y = frame[target]
+    schema: dict[str, Any] = {
+        "features": features,
+        "target": {"name": str(target), "dtype": str(y.dtype)},
+        "task": task,
+    }
+    if task != "regression":
+        schema["classes"] = sorted(_json_scalar(v) for v in y.unique())
+    return schema
+
+
+def split(frame: pd.DataFrame, params: DataParams, task: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Deterministic train/test split, stratified for classification."""
+    from sklearn.model_selection import train_test_split
+
+    stratify = frame[params.target] if task != "regression" else None
+    train, test = train_test_split(frame, test_size=params.test_size,
+                                   random_state=params.random_state, stratify=stratify)
+    return train, test
+
+
+def read_split(path: str | Path, schema: dict[str, Any]) -> tuple[pd.DataFrame, pd.Series]:
+    """Read a prepared split back with the schema's dtypes: ``(X, y)``."""
+    import pandas as pd
+
+    dtypes: dict[str, Any] = {f["name"]: object for f in schema["features"] if f["kind"] == "categorical"}
+    target = schema["target"]["name"]
+    if schema["target"]["dtype"] in ("object", "str", "string", "bool"):
+        dtypes[target] = object
+    frame = pd.read_csv(path, dtype=dtypes, float_precision="round_trip", keep_default_na=False,
+                        na_values=[""])
+    names = [f["name"] for f in schema["features"]]
+    return frame[names], frame[target]
+
+
+def _json_scalar(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value

@@ -1,0 +1,80 @@
+"""Git access through the real ``git`` command: files at revisions, refs and tags."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelshelf.errors import GitError
+
+
+@dataclass(frozen=True)
+class GitRepo:
+    """A git working tree; ``root`` is its top-level directory."""
+
+    root: Path
+
+    @classmethod
+    def discover(cls, start: str | Path = ".") -> GitRepo:
+        """The repository containing ``start``; GitError when there is none."""
+        proc = _git(["rev-parse", "--show-toplevel"], cwd=Path(start))
+        if proc.returncode != 0:
+            raise GitError(str(Path(start).resolve()), "not inside a git repository",
+                           "run `git init` (and `dvc init`) first")
+        return cls(Path(proc.stdout.strip()))
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = _git(list(args), cwd=self.root)
+        if check and proc.returncode != 0:
+            detail = proc.stderr.strip().splitlines()
+            raise GitError(f"git {' '.join(args[:2])}", detail[-1] if detail else "failed",
+                           "check the repository state")
+        return proc
+
+    def relpath(self, path: str | Path) -> str:
+        """``path`` relative to the repository root, in git's slash form."""
+        return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+
+    def resolve(self, rev: str) -> str | None:
+        """The commit sha ``rev`` names, or None when it names nothing."""
+        proc = self.run("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    def has_commits(self) -> bool:
+        return self.resolve("HEAD") is not None
+
+    def show(self, rev: str, path: str) -> bytes | None:
+        """The bytes of ``path`` (repo-relative) at ``rev``, or None when absent there."""
+        proc = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=self.root,
+                              capture_output=True, check=False)
+        return proc.stdout if proc.returncode == 0 else None
+
+    def head(self) -> str | None:
+        return self.resolve("HEAD")
+
+    def is_dirty(self, ignore: tuple[str, ...] = ()) -> bool:
+        """True when tracked files differ from HEAD, outside the ``ignore`` prefixes."""
+        out = self.run("status", "--porcelain", "--untracked-files=no").stdout
+        for line in out.splitlines():
+            path = line[3:].split(" -> ")[-1].strip('"')
+            if not any(path == p or path.startswith(p.rstrip("/") + "/") for p in ignore):
+                return True
+        return False
+
+    def annotated_tags(self, pattern: str, merged: str | None = None) -> list[str]:
+        """Names of annotated tags matching ``pattern`` (optionally reachable from ``merged``)."""
+        args = ["for-each-ref", "--format=%(objecttype) %(refname:strip=2)"]
+        if merged:
+            if self.resolve(merged) is None:
+                return []
+            args.append(f"--merged={merged}")
+        out = self.run(*args, f"refs/tags/{pattern}").stdout
+        return [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("tag ")]
+
+
+def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise GitError("git", "command not found", "install git") from None

@@ -1,0 +1,190 @@
+"""Typed, validated parameters read once from params.yaml.
+
+Every problem names the file and the full key path, and suggests the intended
+key for a typo, so a bad ``params.yaml`` is fixed in one edit.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from modelshelf.errors import ConfigError
+from modelshelf.metrics import CATALOGUE
+
+TASKS = ("auto", "classification", "regression")
+BUMPS = ("auto", "major", "minor", "patch")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str = "builtin:breast_cancer"
+    target: str = "target"
+    task: str = "auto"
+    test_size: float = 0.2
+    random_state: int = 42
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    estimator: str = "sklearn.ensemble.RandomForestClassifier"
+    hyperparams: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class GateParams:
+    thresholds: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    tolerance: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    default_tolerance: float = 0.0
+    baseline: str = "main"
+
+    def tolerance_for(self, metric: str) -> float:
+        return self.tolerance.get(metric, self.default_tolerance)
+
+
+@dataclass(frozen=True)
+class SerialiseParams:
+    compress: int = 3
+
+
+@dataclass(frozen=True)
+class ReleaseParams:
+    bump: str = "auto"
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = DataParams()
+    train: TrainParams = TrainParams()
+    gate: GateParams = GateParams()
+    serialise: SerialiseParams = SerialiseParams()
+    release: ReleaseParams = ReleaseParams()
+
+
+def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    """A did-you-mean remedy for ``word``, or a list of the valid choices."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return "valid keys: " + ", ".join(sorted(choices)) if choices else "remove it"
+
+
+class _Reader:
+    """Walks the raw YAML mapping, building messages with the file and key path."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def fail(self, path: str, problem: str, remedy: str = "") -> ConfigError:
+        return ConfigError(f"{self.file}: {path}", problem, remedy)
+
+    def mapping(self, raw: Any, path: str) -> Mapping[str, Any]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, Mapping):
+            raise self.fail(path, f"expected a mapping, got {type(raw).__name__}",
+                            "write it as 'key: value' lines")
+        return raw
+
+    def section(self, raw: Any, path: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
+        section = self.mapping(raw, path)
+        for key in section:
+            if key not in allowed:
+                raise self.fail(f"{path}.{key}" if path else str(key), "unknown key",
+                                suggest(str(key), allowed))
+        return section
+
+    def number(self, value: Any, path: str, *, low: float | None = None,
+               high: float | None = None, integer: bool = False) -> Any:
+        kind = "an integer" if integer else "a number"
+        ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok or (isinstance(value, float) and math.isnan(value)):
+            raise self.fail(path, f"expected {kind}, got {value!r}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise self.fail(path, f"{value!r} is out of range", f"use a value in [{low}, {high}]")
+        return value
+
+    def string(self, value: Any, path: str, choices: tuple[str, ...] = ()) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(path, f"expected a non-empty string, got {value!r}")
+        if choices and value not in choices:
+            raise self.fail(path, f"'{value}' is not one of {', '.join(choices)}",
+                            suggest(value, choices))
+        return value
+
+    def metric_map(self, raw: Any, path: str, check: Callable[[Any, str], float]) -> Mapping[str, float]:
+        out: dict[str, float] = {}
+        for name, value in self.mapping(raw, path).items():
+            if name not in CATALOGUE:
+                raise self.fail(f"{path}.{name}", "unknown metric", suggest(str(name), tuple(CATALOGUE)))
+            out[name] = float(check(value, f"{path}.{name}"))
+        return MappingProxyType(out)
+
+
+def parse_params(raw: Any, file: str = "params.yaml") -> Params:
+    """Validate a raw params mapping into a frozen :class:`Params`."""
+    r = _Reader(file)
+    top = r.section(raw, "", ("data", "train", "gate", "serialise", "release"))
+
+    d = r.section(top.get("data"), "data", tuple(DataParams.__dataclass_fields__))
+    dd = DataParams()
+    data = DataParams(
+        source=r.string(d.get("source", dd.source), "data.source"),
+        target=r.string(d.get("target", dd.target), "data.target"),
+        task=r.string(d.get("task", dd.task), "data.task", TASKS),
+        test_size=float(r.number(d.get("test_size", dd.test_size), "data.test_size", low=0.01, high=0.9)),
+        random_state=r.number(d.get("random_state", dd.random_state), "data.random_state",
+                              low=0, high=2**32 - 1, integer=True),
+    )
+
+    t = r.section(top.get("train"), "train", tuple(TrainParams.__dataclass_fields__))
+    estimator = r.string(t.get("estimator", TrainParams.estimator), "train.estimator")
+    hyper = r.mapping(t.get("hyperparams"), "train.hyperparams")
+    train = TrainParams(estimator=estimator, hyperparams=MappingProxyType(dict(hyper)))
+
+    g = r.section(top.get("gate"), "gate", ("thresholds", "tolerance", "baseline"))
+    bounded = lambda v, p: r.number(v, p)  # noqa: E731
+    nonneg = lambda v, p: r.number(v, p, low=0)  # noqa: E731
+    raw_tol = g.get("tolerance", 0.0)
+    if isinstance(raw_tol, Mapping):
+        tolerance, default_tol = r.metric_map(raw_tol, "gate.tolerance", nonneg), 0.0
+    else:
+        tolerance, default_tol = MappingProxyType({}), float(nonneg(raw_tol, "gate.tolerance"))
+    gate = GateParams(
+        thresholds=r.metric_map(g.get("thresholds"), "gate.thresholds", bounded),
+        tolerance=tolerance,
+        default_tolerance=default_tol,
+        baseline=r.string(g.get("baseline", GateParams.baseline), "gate.baseline"),
+    )
+
+    s = r.section(top.get("serialise"), "serialise", ("compress",))
+    serialise = SerialiseParams(
+        compress=r.number(s.get("compress", 3), "serialise.compress", low=0, high=9, integer=True))
+
+    rel = r.section(top.get("release"), "release", ("bump",))
+    release = ReleaseParams(bump=r.string(rel.get("bump", "auto"), "release.bump", BUMPS))
+    return Params(data=data, train=train, gate=gate, serialise=serialise, release=release)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``; every problem is a :class:`ConfigError`."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), "file not found",
+                          "run from the project root or pass --params") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(str(path), f"not valid YAML{line}", "fix the syntax") from None
+    return parse_params(raw, str(path))

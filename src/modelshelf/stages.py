@@ -1,0 +1,228 @@
+"""Stage entry points named in dvc.yaml: each reads its inputs, calls pure functions, writes outputs.
+
+Paths come from the caller (dvc.yaml); nothing here prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelshelf import artefacts
+from modelshelf.card import CARD_FILE, MODEL_FILE, build_card, parse_card, schema_changed
+from modelshelf.errors import ConfigError, DataError, GateFailed
+from modelshelf.gate import GateResult, judge, read_baseline
+from modelshelf.gitrepo import GitRepo
+from modelshelf.metrics import task_of
+from modelshelf.params import load_params
+
+SCHEMA_FILE = "schema.json"
+DATASET_FILE = "dataset.json"
+CANDIDATE_MODEL = "model.joblib"
+CANDIDATE_INFO = "candidate.json"
+
+
+def _read_json(path: Path, remedy: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(str(path), "not found", remedy) from None
+    except ValueError:
+        raise DataError(str(path), "not valid JSON", remedy) from None
+
+
+def _replace_dir(build: Path, out: Path) -> None:
+    """Swap a fully written directory into place."""
+    if out.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        out.rename(trash / out.name)
+        build.rename(out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        build.rename(out)
+
+
+def _staging(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.new.", dir=out.parent))
+
+
+def prepare(params_path: Path, raw: Path, out: Path) -> dict[str, Any]:
+    """Validate and split ``data.source``; write train/test CSVs, schema and dataset info."""
+    from modelshelf import data
+
+    params = load_params(params_path).data
+    root = params_path.resolve().parent
+    if not params.source.startswith("builtin:"):
+        src = (root / params.source).resolve()
+        if raw.resolve() not in src.parents:
+            raise ConfigError("params.yaml: data.source", f"{params.source} is outside {raw}, "
+                              "the directory dvc.yaml declares as prepare's dependency",
+                              f"move the file into {raw}/ and track it with `dvc add`")
+    ds = data.load_source(params, root)
+    task = data.validate(ds.frame, params, ds.path or ds.source)
+    frame = data.normalise(ds.frame, params.target)
+    schema = data.schema_of(frame, params.target, task)
+    train, test = data.split(frame, params, task)
+    info = {"source": ds.source, "path": ds.path, "sha256": ds.sha256, "rows": int(len(frame)),
+            "columns": int(frame.shape[1]), "train_rows": int(len(train)), "test_rows": int(len(test)),
+            "test_size": params.test_size, "random_state": params.random_state}
+    build = _staging(out)
+    try:
+        train.to_csv(build / "train.csv", index=False)
+        test.to_csv(build / "test.csv", index=False)
+        artefacts.write_json(build / SCHEMA_FILE, schema)
+        artefacts.write_json(build / DATASET_FILE, info)
+        _replace_dir(build, out)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return {"task": task, **info}
+
+
+def _schema(prepared: Path) -> dict[str, Any]:
+    return _read_json(prepared / SCHEMA_FILE, "run `dvc repro prepare` first")
+
+
+def train(params_path: Path, prepared: Path, out: Path) -> dict[str, Any]:
+    """Fit the pipeline on the training split; write the candidate and its sha256."""
+    from modelshelf import data
+    from modelshelf.train import json_safe_params, train as fit
+
+    params = load_params(params_path)
+    schema = _schema(prepared)
+    X, y = data.read_split(prepared / "train.csv", schema)
+    pipeline = fit(X, y, params.train, schema, params.data.random_state)
+    build = _staging(out)
+    try:
+        artefacts.dump_joblib(pipeline, build / CANDIDATE_MODEL, compress=0)
+        import sklearn
+
+        info = {
+            "sha256": artefacts.sha256_file(build / CANDIDATE_MODEL),
+            "algorithm": params.train.estimator,
+            "pipeline": [f"{name}: {type(step).__name__}" for name, step in pipeline.steps],
+            "hyperparams": json_safe_params(pipeline[-1]),
+            "scikit-learn": sklearn.__version__,
+        }
+        artefacts.write_json(build / CANDIDATE_INFO, info)
+        _replace_dir(build, out)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return info
+
+
+def load_candidate(candidate: Path) -> tuple[Any, dict[str, Any]]:
+    """The candidate pipeline, verified against the sha256 its train stage recorded."""
+    info = _read_json(candidate / CANDIDATE_INFO, "run `dvc repro train` first")
+    model = artefacts.load_verified(candidate / CANDIDATE_MODEL, info["sha256"],
+                                    sklearn_version=info.get("scikit-learn"), label="the candidate's")
+    return model, info
+
+
+def evaluate(prepared: Path, candidate: Path, metrics_path: Path, plots: Path) -> dict[str, float]:
+    """Score the candidate on the held-out split; write metrics and plot data."""
+    from modelshelf import data
+    from modelshelf.evaluate import evaluate as score
+
+    schema = _schema(prepared)
+    model, _ = load_candidate(candidate)
+    X, y = data.read_split(prepared / "test.csv", schema)
+    metrics, plot_rows = score(model, X, y, schema["task"])
+    build = _staging(plots)
+    try:
+        for stem, rows in plot_rows.items():
+            artefacts.write_json(build / f"{stem}.json", rows)
+        _replace_dir(build, plots)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    artefacts.write_json(metrics_path, {k: (None if math.isnan(v) else v) for k, v in metrics.items()})
+    return metrics
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    data = _read_json(path, "run `dvc repro evaluate` first")
+    if not isinstance(data, dict):
+        raise DataError(str(path), "expected a JSON object of metrics", "rerun `dvc repro evaluate`")
+    return data
+
+
+def gate(params_path: Path, metrics_path: Path, out: Path | None) -> GateResult:
+    """Judge the metrics in ``metrics_path``; write the report to ``out`` (if given)."""
+    params = load_params(params_path).gate
+    metrics = read_metrics(metrics_path)
+    task = task_of(k for k, v in metrics.items() if v is not None)
+    if task is None:
+        raise DataError(str(metrics_path), "cannot tell the task from its metric names",
+                        "rerun `dvc repro evaluate`")
+    repo = GitRepo.discover(metrics_path.resolve().parent)
+    baseline = read_baseline(repo, params.baseline, repo.relpath(metrics_path))
+    result = judge(metrics, params, task, baseline)
+    if out is not None:
+        report = result.to_json()
+        report["metrics_sha256"] = artefacts.sha256_file(metrics_path)
+        artefacts.write_json(out, report)
+    return result
+
+
+@dataclass(frozen=True)
+class Serialised:
+    card: dict[str, Any]
+    model_path: Path
+    card_path: Path
+
+
+def serialise(params_path: Path, prepared: Path, candidate: Path, metrics_path: Path,
+              gate_path: Path, out: Path) -> Serialised:
+    """Write the gated model and its card, atomically; refuse a failed or stale gate."""
+    from modelshelf import project, tags
+
+    params = load_params(params_path)
+    report = _read_json(gate_path, "run `dvc repro gate` first")
+    if report.get("passed") is not True:
+        raise GateFailed(str(gate_path), "the gate did not pass: nothing serialised",
+                         "improve the model or revisit gate.thresholds, then `dvc repro`")
+    if report.get("metrics_sha256") != artefacts.sha256_file(metrics_path):
+        raise GateFailed(str(gate_path), f"the gate report is stale: {metrics_path} changed since",
+                         "rerun `dvc repro` so the gate judges the current metrics")
+    schema = _schema(prepared)
+    dataset = _read_json(prepared / DATASET_FILE, "run `dvc repro prepare` first")
+    model, info = load_candidate(candidate)
+
+    root = params_path.resolve().parent
+    repo = GitRepo.discover(root)
+    model_path, card_path = out / MODEL_FILE, out / CARD_FILE
+    name, _ = project.model_artifact(root, Path(model_path).resolve().relative_to(root).as_posix())
+    latest = tags.latest_release(repo.annotated_tags(f"{name}@v*", merged="HEAD"), name)
+    base_card = _baseline_card(repo, params.gate.baseline, repo.relpath(card_path))
+    changed = schema_changed(base_card.get("input_schema") if base_card else None, schema)
+    version, why = tags.next_version(latest, params.release.bump, changed)
+
+    artefacts.dump_joblib(model, model_path, compress=params.serialise.compress)
+    ignore = ("dvc.lock", *(repo.relpath(p) for p in (metrics_path, gate_path, out)),
+              repo.relpath(metrics_path.parent))
+    card = build_card(
+        name=name, version=str(version), bump=why,
+        dataset={k: dataset[k] for k in ("source", "path", "sha256", "rows", "train_rows", "test_rows")},
+        algorithm=info["algorithm"], pipeline=info["pipeline"], hyperparams=info["hyperparams"],
+        metrics=read_metrics(metrics_path),
+        gate={"passed": True, "baseline": report.get("baseline", {}),
+              "checks": {m: {k: c.get(k) for k in ("value", "threshold", "baseline", "passed")}
+                         for m, c in report.get("metrics", {}).items()}},
+        input_schema=schema,
+        artefacts={"model": artefacts.file_record(model_path, out) | {"format": "joblib",
+                                                                      "compress": params.serialise.compress}},
+        git={"commit": repo.head(), "dirty": repo.is_dirty(ignore)},
+    )
+    artefacts.write_json(card_path, card)
+    return Serialised(card, model_path, card_path)
+
+
+def _baseline_card(repo: GitRepo, rev: str, path: str) -> dict[str, Any] | None:
+    commit = repo.resolve(rev) if repo.has_commits() else None
+    raw = repo.show(commit, path) if commit else None
+    return None if raw is None else parse_card(raw, f"{rev}:{path}")
