@@ -64,6 +64,19 @@ def dump_joblib(obj: Any, path: str | Path, compress: int = 3) -> None:
         joblib.dump(obj, fh, compress=compress)
 
 
+def copy_verified(src: str | Path, dst: str | Path, expected_sha256: str) -> None:
+    """Copy ``src`` to ``dst`` atomically, checking the bytes written hash to ``expected_sha256``."""
+    h = hashlib.sha256()
+    with open(src, "rb") as fin, atomic_output(dst, "wb") as fout:
+        while chunk := fin.read(_CHUNK):
+            h.update(chunk)
+            fout.write(chunk)
+        if h.hexdigest() != expected_sha256:
+            raise IntegrityError(str(src), f"sha256 {h.hexdigest()[:12]}… does not match the recorded "
+                                 f"{expected_sha256[:12]}…; not copied",
+                                 "rerun `dvc repro` to rebuild it")
+
+
 def verify(path: str | Path, expected_sha256: str, label: str = "") -> None:
     """Raise IntegrityError unless ``path`` exists and hashes to ``expected_sha256``."""
     path = Path(path)

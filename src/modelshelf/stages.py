@@ -99,7 +99,9 @@ def train(params_path: Path, prepared: Path, out: Path) -> dict[str, Any]:
     pipeline = fit(X, y, params.train, schema, params.data.random_state)
     build = _staging(out)
     try:
-        artefacts.dump_joblib(pipeline, build / CANDIDATE_MODEL, compress=0)
+        # Dumped once, here, with the final compression: serialise copies these exact bytes,
+        # because re-pickling a loaded model is not byte-stable (tree node padding).
+        artefacts.dump_joblib(pipeline, build / CANDIDATE_MODEL, compress=params.serialise.compress)
         import sklearn
 
         info = {
@@ -108,6 +110,7 @@ def train(params_path: Path, prepared: Path, out: Path) -> dict[str, Any]:
             "pipeline": [f"{name}: {type(step).__name__}" for name, step in pipeline.steps],
             "hyperparams": json_safe_params(pipeline[-1]),
             "scikit-learn": sklearn.__version__,
+            "compress": params.serialise.compress,
         }
         artefacts.write_json(build / CANDIDATE_INFO, info)
         _replace_dir(build, out)
@@ -191,18 +194,22 @@ def serialise(params_path: Path, prepared: Path, candidate: Path, metrics_path: 
                          "rerun `dvc repro` so the gate judges the current metrics")
     schema = _schema(prepared)
     dataset = _read_json(prepared / DATASET_FILE, "run `dvc repro prepare` first")
-    model, info = load_candidate(candidate)
+    info = _read_json(candidate / CANDIDATE_INFO, "run `dvc repro train` first")
 
     root = params_path.resolve().parent
     repo = GitRepo.discover(root)
     model_path, card_path = out / MODEL_FILE, out / CARD_FILE
-    name, _ = project.model_artifact(root, Path(model_path).resolve().relative_to(root).as_posix())
+    try:
+        rel_model = model_path.resolve().relative_to(root).as_posix()
+    except ValueError:
+        raise ConfigError(str(out), f"is outside the project {root}", "write models inside the project") from None
+    name, _ = project.model_artifact(root, rel_model)
     latest = tags.latest_release(repo.annotated_tags(f"{name}@v*", merged="HEAD"), name)
     base_card = _baseline_card(repo, params.gate.baseline, repo.relpath(card_path))
     changed = schema_changed(base_card.get("input_schema") if base_card else None, schema)
     version, why = tags.next_version(latest, params.release.bump, changed)
 
-    artefacts.dump_joblib(model, model_path, compress=params.serialise.compress)
+    artefacts.copy_verified(candidate / CANDIDATE_MODEL, model_path, info["sha256"])
     ignore = ("dvc.lock", *(repo.relpath(p) for p in (metrics_path, gate_path, out)),
               repo.relpath(metrics_path.parent))
     card = build_card(
@@ -215,7 +222,7 @@ def serialise(params_path: Path, prepared: Path, candidate: Path, metrics_path: 
                          for m, c in report.get("metrics", {}).items()}},
         input_schema=schema,
         artefacts={"model": artefacts.file_record(model_path, out) | {"format": "joblib",
-                                                                      "compress": params.serialise.compress}},
+                                                                      "compress": info.get("compress")}},
         git={"commit": repo.head(), "dirty": repo.is_dirty(ignore)},
     )
     artefacts.write_json(card_path, card)
