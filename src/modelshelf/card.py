@@ -35,7 +35,7 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def build_card(*, name: str, version: str, bump: str, dataset: Mapping[str, Any], algorithm: str,
+def build_card(*, name: str, version: str, bump: str, trained_at: str, dataset: Mapping[str, Any], algorithm: str,
                pipeline: list[str], hyperparams: Mapping[str, Any], metrics: Mapping[str, Any],
                gate: Mapping[str, Any], input_schema: Mapping[str, Any],
                artefacts: Mapping[str, Any], git: Mapping[str, Any]) -> dict[str, Any]:
@@ -45,7 +45,8 @@ def build_card(*, name: str, version: str, bump: str, dataset: Mapping[str, Any]
         "name": name,
         "version": version,
         "version_bump": bump,
-        "trained_at": utc_now(),
+        "trained_at": trained_at,
+        "serialised_at": utc_now(),
         "dataset": dict(dataset),
         "algorithm": algorithm,
         "pipeline": list(pipeline),

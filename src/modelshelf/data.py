@@ -40,7 +40,7 @@ def load_source(params: DataParams, root: Path) -> Dataset:
         name = params.source.split(":", 1)[1]
         if name not in BUILTINS:
             raise DataError("params.yaml: data.source", f"unknown built-in dataset '{name}'",
-                            suggest(name, tuple(BUILTINS)).replace("valid keys", "built-ins"))
+                            suggest(name, tuple(BUILTINS), "built-ins"))
         import sklearn.datasets
 
         frame = getattr(sklearn.datasets, BUILTINS[name])(as_frame=True).frame
@@ -86,8 +86,8 @@ def validate(frame: pd.DataFrame, params: DataParams, where: str) -> str:
     if frame.shape[0] == 0:
         raise DataError(where, "the dataset has no rows", "add data rows below the header")
     if target not in frame.columns:
-        raise DataError(where, f"target column '{target}' (data.target) not found",
-                        suggest(target, tuple(map(str, frame.columns))))
+        raise DataError(where, f"target column '{target}' (data.target in params.yaml) not found",
+                        suggest(target, tuple(map(str, frame.columns)), "columns"))
     if frame.shape[1] < 2:
         raise DataError(where, "no feature columns besides the target", "add feature columns")
     y = frame[target]
@@ -106,7 +106,7 @@ def validate(frame: pd.DataFrame, params: DataParams, where: str) -> str:
                             "a classifier needs at least two classes")
         rare = counts[counts < 2]
         if len(rare):
-            raise DataError(where, f"class {rare.index[0]!r} has {int(rare.iloc[0])} row; "
+            raise DataError(where, f"class {_json_scalar(rare.index[0])!r} has {int(rare.iloc[0])} row; "
                             "a stratified split needs at least 2 per class",
                             "add rows for it or remove it")
         n_test = _n_test(len(frame), params.test_size)

@@ -115,7 +115,7 @@ def judge(metrics: Mapping[str, Any], params: GateParams, task: str, baseline: B
             key = "thresholds" if name in params.thresholds else "tolerance"
             raise ConfigError(f"params.yaml: gate.{key}.{name}",
                               f"a {task} model does not produce '{name}'",
-                              suggest(name, tuple(produced)).replace("valid keys", f"{task} metrics"))
+                              suggest(name, tuple(produced), f"{task} metrics"))
     if not gated:
         raise ConfigError("params.yaml: gate.thresholds", "no metric is gated",
                           f"add at least one threshold, e.g. {produced[0]}: …")
@@ -144,9 +144,9 @@ def judge(metrics: Mapping[str, Any], params: GateParams, task: str, baseline: B
 
 def read_baseline(repo: GitRepo, rev: str, path: str) -> Baseline:
     """The metrics committed at ``rev`` under repo-relative ``path``."""
-    if not repo.has_commits():
-        return Baseline(rev, path, note="the repository has no commits yet: first model")
     commit = repo.resolve(rev)
+    if commit is None and not repo.has_any_commit():
+        return Baseline(rev, path, note="the repository has no commits yet: first model")
     if commit is None:
         raise ConfigError("params.yaml: gate.baseline", f"revision '{rev}' not found in git",
                           "set gate.baseline to your default branch, or fetch it "

@@ -66,12 +66,18 @@ class Params:
     release: ReleaseParams = ReleaseParams()
 
 
-def suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
-    """A did-you-mean remedy for ``word``, or a list of the valid choices."""
+def suggest(word: str, choices: list[str] | tuple[str, ...], noun: str = "valid keys") -> str:
+    """A did-you-mean remedy for ``word``, or a list of the valid choices (``noun: a, b``)."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    if not close:  # 'f1' for 'f1_macro': a prefix is as good a hint as a typo
+        close = [c for c in choices if c.startswith(word + "_") or word.startswith(c + "_")][:1]
     if close:
         return f"did you mean '{close[0]}'?"
-    return "valid keys: " + ", ".join(sorted(choices)) if choices else "remove it"
+    if not choices:
+        return "remove it"
+    listed = sorted(choices)
+    more = f", … ({len(listed) - 12} more)" if len(listed) > 12 else ""
+    return f"{noun}: " + ", ".join(listed[:12]) + more
 
 
 class _Reader:
@@ -81,7 +87,7 @@ class _Reader:
         self.file = file
 
     def fail(self, path: str, problem: str, remedy: str = "") -> ConfigError:
-        return ConfigError(f"{self.file}: {path}", problem, remedy)
+        return ConfigError(f"{self.file}: {path}" if path else self.file, problem, remedy)
 
     def mapping(self, raw: Any, path: str) -> Mapping[str, Any]:
         if raw is None:
@@ -181,6 +187,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except FileNotFoundError:
         raise ConfigError(str(path), "file not found",
                           "run from the project root or pass --params") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), f"not UTF-8 text (byte {exc.start})", "save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot be read ({exc.strerror})", "pass the params.yaml file") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from modelshelf import artefacts
-from modelshelf.card import CARD_FILE, MODEL_FILE, build_card, parse_card, schema_changed
+from modelshelf.card import CARD_FILE, MODEL_FILE, build_card, parse_card, schema_changed, utc_now
 from modelshelf.errors import ConfigError, DataError, GateFailed
 from modelshelf.gate import GateResult, judge, read_baseline
 from modelshelf.gitrepo import GitRepo
@@ -111,6 +111,7 @@ def train(params_path: Path, prepared: Path, out: Path) -> dict[str, Any]:
             "hyperparams": json_safe_params(pipeline[-1]),
             "scikit-learn": sklearn.__version__,
             "compress": params.serialise.compress,
+            "trained_at": utc_now(),
         }
         artefacts.write_json(build / CANDIDATE_INFO, info)
         _replace_dir(build, out)
@@ -213,7 +214,7 @@ def serialise(params_path: Path, prepared: Path, candidate: Path, metrics_path: 
     ignore = ("dvc.lock", *(repo.relpath(p) for p in (metrics_path, gate_path, out)),
               repo.relpath(metrics_path.parent))
     card = build_card(
-        name=name, version=str(version), bump=why,
+        name=name, version=str(version), bump=why, trained_at=info.get("trained_at") or utc_now(),
         dataset={k: dataset[k] for k in ("source", "path", "sha256", "rows", "train_rows", "test_rows")},
         algorithm=info["algorithm"], pipeline=info["pipeline"], hyperparams=info["hyperparams"],
         metrics=read_metrics(metrics_path),

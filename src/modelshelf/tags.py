@@ -15,20 +15,20 @@ from typing import Literal
 from modelshelf.errors import ConfigError
 
 NAME_PATTERN = r"[a-zA-Z0-9](?:[a-zA-Z0-9\-/_]*[a-zA-Z0-9])?"
-_NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
-_NUM = r"0|[1-9]\d*"
-_IDENT = r"(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)"
+_NAME_RE = re.compile(rf"^{NAME_PATTERN}\Z")
+_NUM = r"0|[1-9][0-9]*"
+_IDENT = r"(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)"
 SEMVER_PATTERN = (
     rf"(?P<major>{_NUM})\.(?P<minor>{_NUM})\.(?P<patch>{_NUM})"
     rf"(?:-(?P<pre>{_IDENT}(?:\.{_IDENT})*))?"
     r"(?:\+(?P<build>[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?"
 )
-_SEMVER_RE = re.compile(rf"^{SEMVER_PATTERN}$")
+_SEMVER_RE = re.compile(rf"^{SEMVER_PATTERN}\Z")
 # The artefact part may carry a monorepo prefix: ``sub/dir=name``.
 _ART = rf"(?:[^=@#!\s]+=)?{NAME_PATTERN}"
-_RELEASE_RE = re.compile(rf"^(?P<name>{_ART})@v(?P<version>[^@#!\s]+)(?P<bang>!)?(?:#(?P<n>\d+))?$")
-_STAGE_RE = re.compile(rf"^(?P<name>{_ART})#(?P<stage>{NAME_PATTERN})(?P<bang>!)?#(?P<n>\d+)$")
-_DEPRECATE_RE = re.compile(rf"^(?P<name>{_ART})@deprecated(?:#(?P<n>\d+))?$")
+_RELEASE_RE = re.compile(rf"^(?P<name>{_ART})@v(?P<version>[^@#!\s]+)(?P<bang>!)?(?:#(?P<n>[0-9]+))?\Z")
+_STAGE_RE = re.compile(rf"^(?P<name>{_ART})#(?P<stage>{NAME_PATTERN})(?P<bang>!)?#(?P<n>[0-9]+)\Z")
+_DEPRECATE_RE = re.compile(rf"^(?P<name>{_ART})@deprecated(?:#(?P<n>[0-9]+))?\Z")
 
 Kind = Literal["release", "deregister", "assign", "unassign", "deprecate"]
 
@@ -80,10 +80,13 @@ class SemVer:
 
     def bump(self, part: str) -> SemVer:
         """The next release version with ``part`` (major/minor/patch) incremented."""
+        # A pre-release bumps to its own release when it already sits on that boundary:
+        # 2.0.0-rc.1 → major → 2.0.0, 1.3.0-rc.1 → minor → 1.3.0.
         if part == "major":
-            return SemVer(self.major + 1, 0, 0)
+            on_boundary = self.pre and self.minor == 0 and self.patch == 0
+            return SemVer(self.major + (0 if on_boundary else 1), 0, 0)
         if part == "minor":
-            return SemVer(self.major, self.minor + 1, 0)
+            return SemVer(self.major, self.minor + (0 if self.pre and self.patch == 0 else 1), 0)
         if part == "patch":
             # 1.2.0-rc.1 bumps to its own release 1.2.0
             return SemVer(self.major, self.minor, self.patch + (0 if self.pre else 1))

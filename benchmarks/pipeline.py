@@ -1,0 +1,332 @@
+"""Benchmark: what the DVC pipeline costs on top of the work it does.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/pipeline.py                 # 7 no-op runs, 3 full runs
+    .venv/bin/python benchmarks/pipeline.py --runs 11 --full-runs 5 --json
+
+(or ``make bench``).  Everything happens in a fresh temporary directory with its
+own HOME, no system/global git config, a fixed git identity and DVC analytics
+off; the venv's ``bin`` (the directory of ``sys.executable``) comes first on PATH
+so ``shelf`` and ``dvc`` are this checkout's.  Nothing outside the temporary
+directory is touched, and it is removed at the end.
+
+Set-up: ``modelshelf.project.init`` scaffolds a project (the reference dvc.yaml
+and params.yaml), it is committed, ``dvc repro`` runs once as a warm-up and its
+outputs are committed, so the pipeline is up to date on ``main``.
+
+Measured (wall time of the whole command, ``time.perf_counter`` around
+``subprocess.run``):
+
+1. **No-op ``dvc repro``** against bare ``dvc status`` in the same up-to-date
+   project: ``--runs`` of each, interleaved (the order alternates every round
+   so neither command always goes first), after one discarded round.  ``dvc
+   status`` is the floor: DVC's own start-up plus checking every stage's
+   dependencies.  A no-op ``dvc repro`` should cost little more; the goal is a
+   ratio of medians ≤ 1.2.  The run checks that no stage actually ran.
+2. **Full pipeline** ``dvc repro -f`` (``--full-runs`` times: prepare → train →
+   evaluate → gate → serialise, each a ``shelf`` process) against the same fit
+   and evaluation done in this process with imports already warm (one discarded
+   call first): load params, load the source, validate, normalise, schema,
+   split, train, evaluate.  The difference of medians is the pipeline's
+   overhead: interpreter and import start-up of five processes, CSV and joblib
+   round-trips, hashing, DVC's bookkeeping, gate and serialise.
+
+The results are medians and minima; the exit status is 0 whether or not the
+goal is met (this is a measurement, not a test; "ABOVE GOAL" marks a miss).
+A set-up failure (a command exiting non-zero) exits 1 with its output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+NOOP_GOAL = 1.2
+UP_TO_DATE = "Data and pipelines are up to date."
+
+
+class BenchError(RuntimeError):
+    """A command the benchmark depends on failed."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Timings of one measured command, in seconds."""
+
+    label: str
+    times: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def min(self) -> float:
+        return min(self.times)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "median_s": round(self.median, 4), "min_s": round(self.min, 4),
+                "runs_s": [round(t, 4) for t in self.times]}
+
+
+@dataclass(frozen=True)
+class Machine:
+    nproc: int
+    python: str
+    dvc: str
+    scikit_learn: str
+    platform: str
+
+
+# -- environment -------------------------------------------------------------------------------
+
+def hermetic_env(home: Path) -> dict[str, str]:
+    """This process's environment minus GIT_*/DVC_*, plus a private HOME and fixed identity."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "DVC_"))}
+    env.update({
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
+        "GIT_AUTHOR_NAME": "Bench Author",
+        "GIT_AUTHOR_EMAIL": "author@example.invalid",
+        "GIT_COMMITTER_NAME": "Bench Committer",
+        "GIT_COMMITTER_EMAIL": "committer@example.invalid",
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_SITE_CACHE_DIR": str(home / ".dvc-site"),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    })
+    return env
+
+
+@contextmanager
+def environ(env: Mapping[str, str]) -> Iterator[None]:
+    """Replace os.environ for library calls that spawn git/dvc themselves (project.init)."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def machine() -> Machine:
+    try:
+        nproc = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        nproc = os.cpu_count() or 0
+    return Machine(nproc=nproc, python=platform.python_version(), dvc=metadata.version("dvc"),
+                   scikit_learn=metadata.version("scikit-learn"), platform=platform.platform())
+
+
+# -- running commands ----------------------------------------------------------------------------
+
+def run(cmd: Sequence[str], cwd: Path, env: Mapping[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Run ``cmd``; return its wall time and result, or raise BenchError if it failed."""
+    start = time.perf_counter()
+    proc = subprocess.run(list(cmd), cwd=cwd, env=dict(env), capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise BenchError(f"`{' '.join(cmd)}` exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return elapsed, proc
+
+
+def commit(root: Path, env: Mapping[str, str], message: str) -> None:
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", message], root, env)
+
+
+def set_up(root: Path, env: Mapping[str, str]) -> None:
+    """Scaffold through the library, commit, reproduce once, commit the outputs."""
+    from modelshelf.project import init
+
+    with environ(env):
+        init(root)
+    commit(root, env, "scaffold")
+    run(["dvc", "repro"], root, env)
+    commit(root, env, "first model")
+
+
+# -- measurements --------------------------------------------------------------------------------
+
+def measure_noop(root: Path, env: Mapping[str, str], runs: int) -> tuple[Sample, Sample]:
+    """No-op ``dvc repro`` and ``dvc status``, interleaved, order alternating per round."""
+    repro_cmd, status_cmd = ["dvc", "repro"], ["dvc", "status"]
+
+    def repro() -> float:
+        elapsed, proc = run(repro_cmd, root, env)
+        out = proc.stdout + proc.stderr
+        if "Running stage" in out:
+            raise BenchError(f"`dvc repro` was expected to be a no-op but ran a stage:\n{out}")
+        return elapsed
+
+    def status() -> float:
+        elapsed, proc = run(status_cmd, root, env)
+        if UP_TO_DATE not in proc.stdout:
+            raise BenchError(f"`dvc status` reports changes, the project is not up to date:\n{proc.stdout}")
+        return elapsed
+
+    repro()  # one discarded round: warms the page cache and DVC's site cache
+    status()
+    repro_times: list[float] = []
+    status_times: list[float] = []
+    for i in range(runs):
+        if i % 2 == 0:
+            repro_times.append(repro())
+            status_times.append(status())
+        else:
+            status_times.append(status())
+            repro_times.append(repro())
+    return Sample("dvc repro (no-op)", repro_times), Sample("dvc status", status_times)
+
+
+def fit_and_evaluate(params_path: Path) -> dict[str, float]:
+    """The pipeline's fit and evaluation, in this process, from the same params.yaml."""
+    from modelshelf import data
+    from modelshelf.evaluate import evaluate
+    from modelshelf.params import load_params
+    from modelshelf.train import train
+
+    params = load_params(params_path)
+    ds = data.load_source(params.data, params_path.parent)
+    task = data.validate(ds.frame, params.data, ds.path or ds.source)
+    frame = data.normalise(ds.frame, params.data.target)
+    schema = data.schema_of(frame, params.data.target, task)
+    train_frame, test_frame = data.split(frame, params.data, task)
+    features = [f["name"] for f in schema["features"]]
+    target = params.data.target
+    model = train(train_frame[features], train_frame[target], params.train, schema,
+                  params.data.random_state)
+    metrics, _plots = evaluate(model, test_frame[features], test_frame[target], task)
+    return metrics
+
+
+def measure_in_process(params_path: Path, runs: int) -> tuple[Sample, dict[str, float]]:
+    metrics = fit_and_evaluate(params_path)  # discarded: imports and first-call caches
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        metrics = fit_and_evaluate(params_path)
+        times.append(time.perf_counter() - start)
+    return Sample("in-process fit+evaluate", times), metrics
+
+
+def measure_full(root: Path, env: Mapping[str, str], runs: int) -> Sample:
+    return Sample("dvc repro -f", [run(["dvc", "repro", "-f"], root, env)[0] for _ in range(runs)])
+
+
+def same_metrics(ours: Mapping[str, float], pipeline: Mapping[str, Any]) -> bool:
+    """Whether the in-process metrics equal the pipeline's metrics/eval.json (sanity check)."""
+    for key, value in ours.items():
+        theirs = pipeline.get(key)
+        if theirs is None:
+            if value == value:  # not NaN: the pipeline wrote None for NaN only
+                return False
+        elif abs(float(theirs) - value) > 1e-9:
+            return False
+    return set(ours) == set(pipeline)
+
+
+# -- report --------------------------------------------------------------------------------------
+
+def report(m: Machine, repro: Sample, status: Sample, full: Sample, inproc: Sample,
+           metrics_match: bool) -> tuple[str, dict[str, Any]]:
+    noop_ratio = repro.median / status.median
+    ok = noop_ratio <= NOOP_GOAL
+    overhead = full.median - inproc.median
+    full_ratio = full.median / inproc.median
+    lines = [
+        f"machine           nproc {m.nproc}, python {m.python}, dvc {m.dvc}, "
+        f"scikit-learn {m.scikit_learn}, {m.platform}",
+        f"no-op dvc repro   median {repro.median:.3f} s  min {repro.min:.3f} s  "
+        f"(dvc status median {status.median:.3f} s  min {status.min:.3f} s)  "
+        f"ratio {noop_ratio:.2f}  goal ≤ {NOOP_GOAL}  {'OK' if ok else 'ABOVE GOAL'}"
+        f"  [{len(repro.times)} runs each]",
+        f"full pipeline     median {full.median:.2f} s  min {full.min:.2f} s  "
+        f"in-process fit+evaluate {inproc.median:.3f} s  overhead {overhead:.2f} s  "
+        f"ratio {full_ratio:.1f}  [{len(full.times)} runs each]",
+        f"sanity            in-process metrics equal the pipeline's metrics/eval.json: "
+        f"{'yes' if metrics_match else 'NO'}",
+    ]
+    result = {
+        "machine": asdict(m),
+        "noop": {"repro": repro.to_json(), "status": status.to_json(), "ratio": round(noop_ratio, 4),
+                 "goal": NOOP_GOAL, "ok": ok},
+        "full": {"pipeline": full.to_json(), "in_process": inproc.to_json(),
+                 "overhead_s": round(overhead, 4), "ratio": round(full_ratio, 3),
+                 "metrics_match": metrics_match},
+    }
+    return "\n".join(lines), result
+
+
+def positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--runs", type=positive, default=7, help="no-op repro/status runs each (default 7)")
+    parser.add_argument("--full-runs", type=positive, default=3,
+                        help="full `dvc repro -f` and in-process runs (default 3)")
+    parser.add_argument("--json", action="store_true", help="also print the results as JSON")
+    args = parser.parse_args(argv)
+
+    for tool in ("shelf", "dvc"):
+        if not (BIN / tool).exists():
+            print(f"benchmark: {BIN / tool} not found; run with the venv's python "
+                  "(.venv/bin/python benchmarks/pipeline.py)", file=sys.stderr)
+            return 1
+
+    m = machine()
+    with tempfile.TemporaryDirectory(prefix="modelshelf-bench-") as tmp:
+        home = Path(tmp) / "home"
+        home.mkdir()
+        (home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n", encoding="utf-8")
+        env = hermetic_env(home)
+        root = Path(tmp) / "proj"
+        try:
+            print(f"setting up a project in {root} (init, commit, dvc repro, commit) …", flush=True)
+            set_up(root, env)
+            print(f"measuring no-op dvc repro vs dvc status ({args.runs} runs each) …", flush=True)
+            repro, status = measure_noop(root, env, args.runs)
+            print(f"measuring dvc repro -f and in-process fit+evaluate ({args.full_runs} runs each) …",
+                  flush=True)
+            with environ(env):
+                inproc, metrics = measure_in_process(root / "params.yaml", args.full_runs)
+            full = measure_full(root, env, args.full_runs)
+            pipeline_metrics = json.loads((root / "metrics" / "eval.json").read_text(encoding="utf-8"))
+        except BenchError as exc:
+            print(f"benchmark: {exc}", file=sys.stderr)
+            return 1
+
+    text, result = report(m, repro, status, full, inproc, same_metrics(metrics, pipeline_metrics))
+    print()
+    print(text)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

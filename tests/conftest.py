@@ -1,0 +1,149 @@
+"""Hermetic fixtures: isolated HOME and git identity, temp projects built through our own API.
+
+Layers: ``isolated`` (autouse) → ``project`` (git + DVC + dvc.yaml + params.yaml, committed)
+→ ``built`` (the pipeline has run once and its outputs are committed on main).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private HOME, no system/global git config, a fixed git identity, no analytics."""
+    home = tmp_path_factory.mktemp("home")
+    for key in list(os.environ):
+        if key.startswith(("GIT_", "DVC_")):
+            monkeypatch.delenv(key, raising=False)
+    env = {
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
+        "GIT_AUTHOR_NAME": "Test Author",
+        "GIT_AUTHOR_EMAIL": "author@example.invalid",
+        "GIT_COMMITTER_NAME": "Test Committer",
+        "GIT_COMMITTER_EMAIL": "committer@example.invalid",
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_SITE_CACHE_DIR": str(home / ".dvc-site"),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    (home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n")
+    return home
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a real command; on an unexpected failure show its output."""
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+class Project:
+    """A temporary modelshelf project: helpers to edit params and run real git/DVC/shelf."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run(list(cmd), self.root, check=check)
+
+    def git(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run("git", *args, check=check)
+
+    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run("dvc", *args, check=check)
+
+    def shelf(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run("shelf", *args, check=check)
+
+    def params(self) -> dict[str, Any]:
+        return yaml.safe_load((self.root / "params.yaml").read_text())
+
+    def set_params(self, **sections: dict[str, Any]) -> None:
+        """Merge ``section={key: value}`` into params.yaml (a value None deletes the key)."""
+        data = self.params()
+        for section, values in sections.items():
+            target = data.setdefault(section, {})
+            for key, value in values.items():
+                if value is None:
+                    target.pop(key, None)
+                else:
+                    target[key] = value
+        (self.root / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def json(self, rel: str) -> Any:
+        return json.loads((self.root / rel).read_text())
+
+    def commit(self, message: str) -> str:
+        self.git("add", "-A")
+        self.git("commit", "-q", "-m", message)
+        return self.git("rev-parse", "HEAD").stdout.strip()
+
+    def add_csv(self, name: str, frame: Any) -> str:
+        """Write ``data/raw/NAME``, track it with ``dvc add``, point data.source at it."""
+        rel = f"data/raw/{name}"
+        frame.to_csv(self.root / rel, index=False)
+        self.dvc("add", "-q", rel)
+        self.set_params(data={"source": rel})
+        return rel
+
+
+@pytest.fixture
+def new_project(tmp_path: Path) -> Callable[..., Project]:
+    """Factory: ``new_project(name)`` scaffolds through ``modelshelf.project.init``."""
+    from modelshelf.project import init
+
+    def make(name: str = "proj") -> Project:
+        root = tmp_path / name
+        init(root)
+        return Project(root)
+
+    return make
+
+
+@pytest.fixture
+def project(new_project: Callable[..., Project]) -> Project:
+    """A scaffolded project whose files are committed on main (no outputs yet)."""
+    p = new_project()
+    p.commit("scaffold")
+    return p
+
+
+@pytest.fixture
+def built(project: Project) -> Project:
+    """``project`` after one ``dvc repro`` with the outputs committed on main (the baseline)."""
+    project.dvc("repro")
+    project.commit("first model")
+    return project
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def iter_lines(text: str) -> Iterator[str]:
+    yield from (line for line in text.splitlines() if line.strip())
