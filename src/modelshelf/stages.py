@@ -231,6 +231,6 @@ def serialise(params_path: Path, prepared: Path, candidate: Path, metrics_path: 
 
 
 def _baseline_card(repo: GitRepo, rev: str, path: str) -> dict[str, Any] | None:
-    commit = repo.resolve(rev) if repo.has_commits() else None
+    commit = repo.resolve(rev)
     raw = repo.show(commit, path) if commit else None
     return None if raw is None else parse_card(raw, f"{rev}:{path}")
