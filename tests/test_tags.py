@@ -205,7 +205,6 @@ def test_parse_and_format_tag_round_trip(text: str, tag: Tag) -> None:
         "@v1.0.0",                # no name
         "-model@v1.0.0",          # name must start alphanumeric
         "model-@v1.0.0",          # ... and end alphanumeric
-        "model#prod",             # assignment without a number
         "model#prod#",
         "model#prod#x",
         "model@deprecated!",
@@ -321,3 +320,15 @@ def test_bump_of_a_pre_release_on_the_boundary_releases_it() -> None:
     assert SemVer.parse("1.3.0-rc.1").bump("minor") == SemVer(1, 3, 0)
     assert SemVer.parse("1.3.1-rc.1").bump("minor") == SemVer(1, 4, 0)
     assert SemVer.parse("2.1.0-rc.1").bump("major") == SemVer(3, 0, 0)
+
+
+def test_gto_simple_assignment_and_created_tags_parse() -> None:
+    from modelshelf.tags import Tag, format_tag, next_counter, parse_tag
+
+    simple = parse_tag("model#prod")
+    assert simple == Tag("assign", "model", stage="prod", number=None)
+    assert format_tag(simple) == "model#prod"
+    assert parse_tag("model@created") == Tag("create", "model")
+    names = ["model@v1.0.0", "model#prod#4", "model@v1.1.0#2", "other#prod#9", "junk"]
+    assert next_counter(names, "model") == 5
+    assert next_counter([], "model") == 1

@@ -109,3 +109,21 @@ def schema_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> boo
         return feats, schema.get("task"), tuple(schema.get("classes") or ())
 
     return contract(old) != contract(new)
+
+
+def diff_cards(old: dict[str, Any], new: dict[str, Any]) -> dict[str, dict[str, tuple[Any, Any]]]:
+    """Changed metrics, hyperparameters and card facts between two cards."""
+    def changed(x: dict[str, Any], y: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        return {k: (x.get(k), y.get(k)) for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)}
+
+    def facts(c: dict[str, Any]) -> dict[str, Any]:
+        return {"algorithm": c.get("algorithm"), "dataset.sha256": c.get("dataset", {}).get("sha256"),
+                "dataset.rows": c.get("dataset", {}).get("rows"),
+                "model.sha256": c.get("artefacts", {}).get("model", {}).get("sha256"),
+                "model.bytes": c.get("artefacts", {}).get("model", {}).get("bytes"),
+                "features": len(c.get("input_schema", {}).get("features", [])),
+                "scikit-learn": c.get("dependencies", {}).get("scikit-learn")}
+
+    return {"metrics": changed(old.get("metrics", {}), new.get("metrics", {})),
+            "hyperparams": changed(old.get("hyperparams", {}), new.get("hyperparams", {})),
+            "card": changed(facts(old), facts(new))}

@@ -60,8 +60,20 @@ class GitError(ShelfError):
     exit_code = 6
 
 
+class ReleaseRefused(ShelfError):
+    """A release, promotion or rollback was refused: the repository is not in a releasable state."""
+
+    exit_code = 7
+
+
+class RemoteError(ShelfError):
+    """The DVC remote is unreachable or does not hold an artefact it must hold."""
+
+    exit_code = 8
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (ShelfError, ConfigError, DataError, GateFailed, IntegrityError,
-                VersionMismatchError, GitError)
+                VersionMismatchError, GitError, ReleaseRefused, RemoteError)
 }

@@ -10,6 +10,25 @@ from modelshelf.errors import GitError
 
 
 @dataclass(frozen=True)
+class TagRecord:
+    """An annotated tag: name, the commit it points at, tagger and date, message subject."""
+
+    name: str
+    commit: str
+    timestamp: int
+    date: str
+    tagger: str
+    email: str
+    subject: str
+
+
+_TAG_FORMAT = "%00".join([
+    "%(objecttype)", "%(refname:strip=2)", "%(*objectname)", "%(taggerdate:unix)",
+    "%(taggerdate:iso-strict)", "%(taggername)", "%(taggeremail:trim)", "%(contents:subject)",
+])
+
+
+@dataclass(frozen=True)
 class GitRepo:
     """A git working tree; ``root`` is its top-level directory."""
 
@@ -67,6 +86,31 @@ class GitRepo:
                 return True
         return False
 
+    def tag_records(self, pattern: str = "") -> list[TagRecord]:
+        """Every annotated tag (matching ``pattern``) with its commit and tagger, in one git call."""
+        out = self.run("for-each-ref", f"--format={_TAG_FORMAT}",
+                       f"refs/tags/{pattern}" if pattern else "refs/tags").stdout
+        return [r for r in map(_parse_tag_line, out.splitlines()) if r is not None]
+
+    def show_many(self, specs: list[str]) -> list[bytes | None]:
+        """``git show`` for many ``rev:path`` specs through one ``git cat-file --batch``."""
+        if not specs:
+            return []
+        proc = subprocess.run(["git", "cat-file", "--batch"], cwd=self.root, check=False,
+                              input="\n".join(specs).encode() + b"\n", capture_output=True)
+        data, pos, out = proc.stdout, 0, []
+        for _ in specs:
+            end = data.index(b"\n", pos)
+            header = data[pos:end].split()
+            pos = end + 1
+            if len(header) == 3:
+                size = int(header[2])
+                out.append(data[pos:pos + size])
+                pos += size + 1
+            else:  # "<spec> missing"
+                out.append(None)
+        return out
+
     def annotated_tags(self, pattern: str, merged: str | None = None) -> list[str]:
         """Names of annotated tags matching ``pattern`` (optionally reachable from ``merged``)."""
         args = ["for-each-ref", "--format=%(objecttype) %(refname:strip=2)"]
@@ -76,6 +120,14 @@ class GitRepo:
             args.append(f"--merged={merged}")
         out = self.run(*args, f"refs/tags/{pattern}").stdout
         return [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("tag ")]
+
+
+def _parse_tag_line(line: str) -> TagRecord | None:
+    parts = line.split("\0")
+    if len(parts) != 8 or parts[0] != "tag":
+        return None  # lightweight tags do not count
+    _, name, commit, ts, date, tagger, email, subject = parts
+    return TagRecord(name, commit, int(ts or 0), date, tagger, email, subject)
 
 
 def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:

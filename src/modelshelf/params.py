@@ -55,6 +55,8 @@ class SerialiseParams:
 @dataclass(frozen=True)
 class ReleaseParams:
     bump: str = "auto"
+    stages: tuple[str, ...] = ("dev", "staging", "prod")
+    protected_stages: tuple[str, ...] = ("prod",)
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,17 @@ class _Reader:
                             suggest(value, choices))
         return value
 
+    def names(self, raw: Any, path: str) -> tuple[str, ...]:
+        from modelshelf.tags import is_valid_name
+
+        if not isinstance(raw, list):
+            raise self.fail(path, f"expected a list of names, got {raw!r}", "write it as [dev, staging, prod]")
+        for i, item in enumerate(raw):
+            if not isinstance(item, str) or not is_valid_name(item):
+                raise self.fail(f"{path}[{i}]", f"{item!r} is not a valid stage name",
+                                "use letters, digits, '-', '_' or '/'")
+        return tuple(raw)
+
     def metric_map(self, raw: Any, path: str, check: Callable[[Any, str], float]) -> Mapping[str, float]:
         out: dict[str, float] = {}
         for name, value in self.mapping(raw, path).items():
@@ -172,8 +185,16 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
     serialise = SerialiseParams(
         compress=r.number(s.get("compress", 3), "serialise.compress", low=0, high=9, integer=True))
 
-    rel = r.section(top.get("release"), "release", ("bump",))
-    release = ReleaseParams(bump=r.string(rel.get("bump", "auto"), "release.bump", BUMPS))
+    rel = r.section(top.get("release"), "release", tuple(ReleaseParams.__dataclass_fields__))
+    dr = ReleaseParams()
+    stages = r.names(rel.get("stages", list(dr.stages)), "release.stages")
+    protected = r.names(rel.get("protected_stages", list(dr.protected_stages)), "release.protected_stages")
+    for i, stage in enumerate(protected):
+        if stage not in stages:
+            raise r.fail(f"release.protected_stages[{i}]", f"'{stage}' is not in release.stages",
+                         suggest(stage, stages, "stages"))
+    release = ReleaseParams(bump=r.string(rel.get("bump", "auto"), "release.bump", BUMPS),
+                            stages=stages, protected_stages=protected)
     return Params(data=data, train=train, gate=gate, serialise=serialise, release=release)
 
 

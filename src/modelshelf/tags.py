@@ -27,10 +27,10 @@ _SEMVER_RE = re.compile(rf"^{SEMVER_PATTERN}\Z")
 # The artefact part may carry a monorepo prefix: ``sub/dir=name``.
 _ART = rf"(?:[^=@#!\s]+=)?{NAME_PATTERN}"
 _RELEASE_RE = re.compile(rf"^(?P<name>{_ART})@v(?P<version>[^@#!\s]+)(?P<bang>!)?(?:#(?P<n>[0-9]+))?\Z")
-_STAGE_RE = re.compile(rf"^(?P<name>{_ART})#(?P<stage>{NAME_PATTERN})(?P<bang>!)?#(?P<n>[0-9]+)\Z")
-_DEPRECATE_RE = re.compile(rf"^(?P<name>{_ART})@deprecated(?:#(?P<n>[0-9]+))?\Z")
+_STAGE_RE = re.compile(rf"^(?P<name>{_ART})#(?P<stage>{NAME_PATTERN})(?P<bang>!)?(?:#(?P<n>[0-9]+))?\Z")
+_DEPRECATE_RE = re.compile(rf"^(?P<name>{_ART})@(?P<what>deprecated|created)(?:#(?P<n>[0-9]+))?\Z")
 
-Kind = Literal["release", "deregister", "assign", "unassign", "deprecate"]
+Kind = Literal["release", "deregister", "assign", "unassign", "deprecate", "create"]
 
 
 @total_ordering
@@ -119,14 +119,14 @@ def format_tag(tag: Tag) -> str:
         return f"{tag.name}@v{tag.version}{bang}{suffix}"
     if tag.kind in ("assign", "unassign"):
         bang = "!" if tag.kind == "unassign" else ""
-        return f"{tag.name}#{tag.stage}{bang}#{tag.number}"
-    return f"{tag.name}@deprecated{suffix}"
+        return f"{tag.name}#{tag.stage}{bang}{suffix}"
+    return f"{tag.name}@{'created' if tag.kind == 'create' else 'deprecated'}{suffix}"
 
 
 def parse_tag(text: str) -> Tag | None:
     """Parse a tag name; ``None`` for a tag that is not in the grammar."""
     if m := _DEPRECATE_RE.match(text):
-        return Tag("deprecate", m["name"], number=_int(m["n"]))
+        return Tag("create" if m["what"] == "created" else "deprecate", m["name"], number=_int(m["n"]))
     if m := _RELEASE_RE.match(text):
         if not SemVer.is_valid(m["version"]):
             return None
@@ -134,7 +134,7 @@ def parse_tag(text: str) -> Tag | None:
         return Tag(kind, m["name"], SemVer.parse(m["version"]), number=_int(m["n"]))
     if m := _STAGE_RE.match(text):
         kind = "unassign" if m["bang"] else "assign"
-        return Tag(kind, m["name"], stage=m["stage"], number=int(m["n"]))
+        return Tag(kind, m["name"], stage=m["stage"], number=_int(m["n"]))
     return None
 
 
@@ -172,3 +172,23 @@ def next_version(latest: SemVer | None, bump: str, contract_changed: bool) -> tu
         why = "input schema or classes changed" if contract_changed else "same input schema"
         return latest.bump(part), f"{part}: {why}"
     return latest.bump(bump), f"{bump}: forced by release.bump"
+
+
+def next_counter(names: list[str], artefact: str) -> int:
+    """GTO's event counter: one more than the highest ``#N`` on any tag of ``artefact``."""
+    numbers = [t.number for t in map(parse_tag, names)
+               if t is not None and t.name == artefact and t.number is not None]
+    return max(numbers, default=0) + 1
+
+
+def assign_tag(name: str, stage: str, number: int) -> str:
+    """``model#prod#3``: the annotated tag that assigns ``stage``."""
+    return format_tag(Tag("assign", name, stage=stage, number=number))
+
+
+def assign_message(name: str, stage: str, version: SemVer) -> str:
+    return f"Assigning stage {stage} to artifact {name} version v{version}"
+
+
+def deregister_tag(name: str, version: SemVer, number: int) -> str:
+    return format_tag(Tag("deregister", name, version, number=number))

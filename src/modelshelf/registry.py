@@ -1,0 +1,402 @@
+"""A model registry with no server: git tags are the registry, the DVC remote holds the bytes.
+
+Release ``model@vX.Y.Z`` (annotated, GTO's format) only after the artefacts are proven to
+be in the remote; stages are GTO assignment tags ``model#prod#N``; rollback is a new
+assignment or a verified restore of a release's files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from modelshelf import artefacts, remote, tags
+from modelshelf.card import CARD_FILE, parse_card
+from modelshelf.errors import ConfigError, GateFailed, GitError, ReleaseRefused
+from modelshelf.gitrepo import GitRepo, TagRecord
+from modelshelf.params import load_params
+from modelshelf.tags import SemVer
+
+RENUMBER_HINT = "run `shelf release --renumber` (add --push to publish) to take the next free version"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Where the model lives in this project, from dvc.yaml's ``artifacts:``."""
+
+    root: Path
+    repo: GitRepo
+    name: str
+    model: str   # repo-relative path of the joblib file
+    card: str    # repo-relative path of card.json
+    lock: str    # repo-relative path of dvc.lock
+
+    @classmethod
+    def open(cls, start: str | Path = ".") -> Workspace:
+        from modelshelf.project import find_root, model_artifact
+
+        root = find_root(start)
+        repo = GitRepo.discover(root)
+        name, model_path = model_artifact(root)
+        model = repo.relpath(root / model_path)
+        return cls(root, repo, name, model, str(PurePosixPath(model).parent / CARD_FILE),
+                   repo.relpath(root / "dvc.lock"))
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    version: SemVer
+    tag: str
+    commit: str
+    date: str
+    timestamp: int
+    author: str
+    card: dict[str, Any] | None
+    stages: tuple[str, ...] = ()
+    deprecated: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        metrics = (self.card or {}).get("metrics", {})
+        return {"version": f"v{self.version}", "tag": self.tag, "commit": self.commit,
+                "date": self.date, "author": self.author, "metrics": metrics,
+                "stages": list(self.stages), "deprecated": self.deprecated,
+                "gate_passed": bool((self.card or {}).get("gate", {}).get("passed"))}
+
+
+@dataclass(frozen=True)
+class Assignment:
+    stage: str
+    version: SemVer | None   # None for an unassignment
+    tag: str
+    commit: str
+    timestamp: int
+    number: int
+
+
+@dataclass(frozen=True)
+class Registry:
+    name: str
+    releases: tuple[Release, ...]          # ascending SemVer
+    assignments: tuple[Assignment, ...]    # oldest first
+    tag_names: tuple[str, ...] = field(default_factory=tuple)
+
+    def find(self, spec: str) -> Release:
+        """A release by ``vX.Y.Z``/``X.Y.Z``, ``latest`` (highest live version) or a stage name."""
+        live = [r for r in self.releases if not r.deprecated]
+        if spec == "latest":
+            if not live:
+                raise ConfigError("latest", f"no release of '{self.name}' yet", "run `shelf release` first")
+            return live[-1]
+        if SemVer.is_valid(spec):
+            want = SemVer.parse(spec)
+            for r in self.releases:
+                if r.version == want:
+                    return r
+            raise ConfigError(spec, f"no release {tags.release_tag(self.name, want)}",
+                              "see `shelf versions` for the released versions")
+        held = self.holder(spec)
+        if held is None:
+            raise ConfigError(spec, "not a version, 'latest', or a stage holding a version",
+                              "see `shelf versions`")
+        return held
+
+    def stage_history(self, stage: str) -> list[Assignment]:
+        return [a for a in self.assignments if a.stage == stage]
+
+    def holder(self, stage: str) -> Release | None:
+        history = self.stage_history(stage)
+        if not history or history[-1].version is None:
+            return None
+        want = history[-1].version
+        return next((r for r in self.releases if r.version == want), None)
+
+
+def open_registry(ws: Workspace) -> Registry:
+    """Every release and stage event of the model, from one tag listing and one batch read."""
+    records = ws.repo.tag_records()
+    parsed = [(rec, tags.parse_tag(rec.name)) for rec in records]
+    mine = [(rec, t) for rec, t in parsed if t is not None and t.name == ws.name]
+    rel = [(rec, t) for rec, t in mine if t.kind == "release"]
+    deregistered = {t.version for _, t in mine if t.kind == "deregister"}
+    cards = ws.repo.show_many([f"{rec.commit}:{ws.card}" for rec, _ in rel])
+    by_commit: dict[str, list[SemVer]] = {}
+    for rec, t in rel:
+        by_commit.setdefault(rec.commit, []).append(t.version)  # type: ignore[arg-type]
+    assignments = sorted(
+        (Assignment(t.stage or "", _assigned_version(rec, by_commit) if t.kind == "assign" else None,
+                    rec.name, rec.commit, rec.timestamp, t.number or 0)
+         for rec, t in mine if t.kind in ("assign", "unassign")),
+        key=lambda a: (a.timestamp, a.number))
+    current: dict[str, SemVer | None] = {}
+    for a in assignments:
+        current[a.stage] = a.version
+    releases = []
+    for (rec, t), raw in zip(rel, cards, strict=True):
+        card = _card_or_none(raw, f"{rec.name}:{ws.card}")
+        held = tuple(sorted(s for s, v in current.items() if v == t.version))
+        releases.append(Release(ws.name, t.version, rec.name, rec.commit, rec.date,  # type: ignore[arg-type]
+                                rec.timestamp, rec.tagger, card, held, t.version in deregistered))
+    releases.sort(key=lambda r: r.version)
+    return Registry(ws.name, tuple(releases), tuple(assignments), tuple(r.name for r in records))
+
+
+def _assigned_version(rec: TagRecord, by_commit: dict[str, list[SemVer]]) -> SemVer | None:
+    words = rec.subject.split()
+    if words and words[-1].startswith("v") and SemVer.is_valid(words[-1]):
+        return SemVer.parse(words[-1])
+    versions = by_commit.get(rec.commit)
+    return max(versions) if versions else None
+
+
+def _card_or_none(raw: bytes | None, where: str) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        return parse_card(raw, where)
+    except Exception:  # noqa: BLE001 - an unreadable old card must not hide the other releases
+        return None
+
+
+# --- release --------------------------------------------------------------------------------
+
+
+def _check_releasable(ws: Workspace) -> dict[str, Any]:
+    """The workspace card, once the tree, gate, metrics, lock and model all agree."""
+    from modelshelf.project import stage_options
+
+    if ws.repo.is_dirty():
+        raise ReleaseRefused(str(ws.root), "the working tree has uncommitted changes",
+                             "commit (or stash) them, then release")
+    card_path = ws.repo.root / ws.card
+    card = parse_card(card_path.read_bytes(), ws.card) if card_path.is_file() else None
+    if card is None:
+        raise ReleaseRefused(ws.card, "no model card", "run `dvc repro` and commit its outputs")
+    opts = stage_options(ws.root, "gate")
+    gate_path, metrics_path = ws.root / opts["out"], ws.root / opts["metrics"]
+    try:
+        report = json.loads(gate_path.read_text())
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError):
+        raise ReleaseRefused(opts["out"], "no readable gate report or metrics", "run `dvc repro`") from None
+    if report.get("passed") is not True or not card.get("gate", {}).get("passed"):
+        raise GateFailed(opts["out"], "the gate did not pass for this model", "only gated models are released")
+    if report.get("metrics_sha256") != artefacts.sha256_file(metrics_path) or card.get("metrics") != metrics:
+        raise ReleaseRefused(opts["out"], "the gate report, metrics and card disagree (stale gate)",
+                             "run `dvc repro` and commit its outputs")
+    changes = remote.pipeline_changes(ws.root)
+    if changes:
+        raise ReleaseRefused("dvc.lock", f"the pipeline is not up to date ({', '.join(sorted(changes))} changed)",
+                             "run `dvc repro` and commit its outputs")
+    rec = card["artefacts"]["model"]
+    artefacts.verify(ws.repo.root / PurePosixPath(ws.card).parent / rec["file"], rec["sha256"], "the card's")
+    return card
+
+
+def _tag_message(ws: Workspace, version: SemVer, card: dict[str, Any]) -> str:
+    lines = [tags.release_message(ws.name, version), ""]
+    for metric, check in card.get("gate", {}).get("checks", {}).items():
+        lines.append(f"{metric}: {check.get('value')} (threshold {check.get('threshold')}, "
+                     f"baseline {check.get('baseline')}, {'passed' if check.get('passed') else 'failed'})")
+    base = card.get("gate", {}).get("baseline", {})
+    lines.append(f"gate: passed; baseline {base.get('rev')} {base.get('commit') or '(none)'}")
+    lines.append(f"model-sha256: {card['artefacts']['model']['sha256']}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Released:
+    tag: str
+    version: SemVer
+    commit: str
+    pushed: bool
+    renumbered_from: SemVer | None = None
+
+
+def _renumber(ws: Workspace, card: dict[str, Any], taken: SemVer) -> SemVer:
+    """Rewrite the card to the next free version, refresh dvc.lock, and commit."""
+    bump = str(card.get("version_bump", "minor")).split(":")[0]
+    part = bump if bump in ("major", "minor", "patch") else "minor"
+    new = taken.bump(part)
+    card = {**card, "version": str(new),
+            "version_bump": f"{part}: renumbered from {card['version']} after v{taken} was released"}
+    artefacts.write_json(ws.repo.root / ws.card, card)
+    proc = remote.dvc(ws.root, "commit", "-f", "-q", "serialise")
+    if proc.returncode != 0:
+        raise ReleaseRefused("dvc commit", remote.last_line(proc), "fix the pipeline, then retry")
+    ws.repo.run("add", ws.card, ws.lock)
+    ws.repo.run("commit", "-q", "-m", f"Renumber {ws.name} v{card['version']} → v{new}")
+    return new
+
+
+def release(start: str | Path = ".", *, push: bool = False, git_remote: str = "origin",
+            dvc_remote: str | None = None, renumber: bool = False) -> Released:
+    """Release the workspace model: push to the DVC remote, prove it is there, tag, optionally push.
+
+    No tag is created unless every output is in the DVC remote.
+    """
+    ws = Workspace.open(start)
+    card = _check_releasable(ws)
+    if push:
+        ws.repo.run("fetch", "-q", "--tags", git_remote)
+    reg = open_registry(ws)
+    version = SemVer.parse(card["version"])
+    highest = max((r.version for r in reg.releases), default=None)
+    renumbered_from = None
+    if highest is not None and version <= highest:
+        if not renumber:
+            taken = "exists" if any(r.version == version for r in reg.releases) else "is not above"
+            raise ReleaseRefused(tags.release_tag(ws.name, version),
+                                 f"version {taken} the highest release v{highest}", RENUMBER_HINT)
+        renumbered_from, version = version, _renumber(ws, card, highest)
+        card = _check_releasable(ws)
+    remote.push(ws.root, dvc_remote)
+    missing = remote.missing_in_remote(ws.root, dvc_remote)
+    if missing:
+        raise ReleaseRefused("dvc remote", f"{len(missing)} output(s) missing after push: {missing[0]}",
+                             "check the remote, then `dvc push` and retry")
+    tag = tags.release_tag(ws.name, version)
+    commit = ws.repo.head() or ""
+    made = ws.repo.run("tag", "-a", tag, "-m", _tag_message(ws, version, card), commit, check=False)
+    if made.returncode != 0:
+        raise ReleaseRefused(tag, "the tag already exists", RENUMBER_HINT)
+    if push:
+        refs = [f"refs/tags/{tag}"]
+        if renumbered_from is not None:
+            branch = ws.repo.run("rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
+            refs.insert(0, f"HEAD:refs/heads/{branch}")
+        pushed = ws.repo.run("push", "--atomic", "-q", git_remote, *refs, check=False)
+        if pushed.returncode != 0:
+            ws.repo.run("tag", "-d", tag, check=False)  # the remote said no: leave no local claim
+            raise ReleaseRefused(tag, "the git remote refused the tag (another release took this version?)",
+                                 RENUMBER_HINT)
+    return Released(tag, version, commit, push, renumbered_from)
+
+
+# --- stages ---------------------------------------------------------------------------------
+
+
+def _policy(ws: Workspace) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    params = load_params(ws.root / "params.yaml")
+    return params.release.stages, params.release.protected_stages, params.gate.baseline
+
+
+def promote(start: str | Path, spec: str, stage: str, *, push: bool = False,
+            git_remote: str = "origin") -> Assignment:
+    """Assign ``stage`` to a release with a new GTO assignment tag ``name#stage#N``."""
+    ws = Workspace.open(start)
+    allowed, protected, branch = _policy(ws)
+    if stage not in allowed:
+        from modelshelf.params import suggest
+
+        raise ConfigError(f"stage '{stage}'", "not an allowed stage (release.stages in params.yaml)",
+                          suggest(stage, allowed, "allowed stages"))
+    reg = open_registry(ws)
+    rel = reg.find(spec)
+    if rel.deprecated:
+        raise ReleaseRefused(rel.tag, "this version is deprecated", "promote another version")
+    if stage in protected:
+        on_branch = ws.repo.run("merge-base", "--is-ancestor", rel.commit, branch, check=False)
+        if on_branch.returncode != 0:
+            raise ReleaseRefused(rel.tag, f"'{stage}' takes only versions whose commit is on {branch}",
+                                 f"merge it into {branch} and release from there")
+        if not (rel.card or {}).get("gate", {}).get("passed"):
+            raise GateFailed(rel.tag, f"'{stage}' takes only versions whose gate passed", "promote another version")
+    number = tags.next_counter(list(reg.tag_names), ws.name)
+    tag = tags.assign_tag(ws.name, stage, number)
+    ws.repo.run("tag", "-a", tag, "-m", tags.assign_message(ws.name, stage, rel.version), rel.commit)
+    if push:
+        _push_tags(ws, git_remote, tag)
+    return Assignment(stage, rel.version, tag, rel.commit, 0, number)
+
+
+def rollback_stage(start: str | Path, stage: str, *, push: bool = False,
+                   git_remote: str = "origin") -> Assignment:
+    """Re-assign ``stage`` to the version it held before the current one (a new tag)."""
+    ws = Workspace.open(start)
+    reg = open_registry(ws)
+    history = [a.version for a in reg.stage_history(stage) if a.version is not None]
+    if not history:
+        raise ReleaseRefused(f"stage '{stage}'", "no version has held it", f"`shelf promote VERSION --to {stage}`")
+    current = reg.holder(stage)
+    previous = next((v for v in reversed(history) if current is None or v != current.version), None)
+    if previous is None:
+        raise ReleaseRefused(f"stage '{stage}'", "no earlier version held it", "promote a version explicitly")
+    return promote(start, str(previous), stage, push=push, git_remote=git_remote)
+
+
+def deprecate(start: str | Path, spec: str, *, push: bool = False, git_remote: str = "origin") -> str:
+    """Mark a version deprecated with GTO's deregistration tag ``name@vX.Y.Z!#N``."""
+    ws = Workspace.open(start)
+    reg = open_registry(ws)
+    rel = reg.find(spec)
+    if rel.deprecated:
+        raise ReleaseRefused(rel.tag, "already deprecated", "nothing to do")
+    tag = tags.deregister_tag(ws.name, rel.version, tags.next_counter(list(reg.tag_names), ws.name))
+    ws.repo.run("tag", "-a", tag, "-m", f"Deregistering artifact {ws.name} version v{rel.version}", rel.commit)
+    if push:
+        _push_tags(ws, git_remote, tag)
+    return tag
+
+
+def _push_tags(ws: Workspace, git_remote: str, *tag_names: str) -> None:
+    proc = ws.repo.run("push", "--atomic", "-q", git_remote, *(f"refs/tags/{t}" for t in tag_names), check=False)
+    if proc.returncode != 0:
+        for t in tag_names:
+            ws.repo.run("tag", "-d", t, check=False)
+        raise GitError(f"git push {git_remote}", "the remote refused the tag", "fetch tags and retry")
+
+
+# --- restore --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Restored:
+    version: SemVer
+    directory: Path
+    source: str   # "cache" or "remote"
+    card: dict[str, Any]
+
+
+def restore(ws: Workspace, rel: Release, dest: Path) -> Restored:
+    """Write ``rel``'s model and card into ``dest``, each verified against the card."""
+    raw = ws.repo.show(rel.tag, ws.card)
+    if raw is None:
+        raise ReleaseRefused(rel.tag, f"no {ws.card} at this release", "this tag is not a modelshelf release")
+    card = parse_card(raw, f"{rel.tag}:{ws.card}")
+    lock_dir = PurePosixPath(ws.lock).parent
+    model_rel = str(PurePosixPath(ws.model).relative_to(lock_dir)) if str(lock_dir) != "." else ws.model
+    md5 = remote.locked_md5(ws.repo, rel.tag, ws.lock, model_rel)
+    rec = card["artefacts"]["model"]
+    dest.mkdir(parents=True, exist_ok=True)
+    source = remote.restore(ws.root, rel.tag, model_rel, dest / rec["file"], rec["sha256"], md5)
+    artefacts.write_text(dest / CARD_FILE, raw.decode())
+    return Restored(rel.version, dest, source, card)
+
+
+def rollback(start: str | Path, spec: str) -> Restored:
+    """Restore a release's model and card into the workspace's model directory."""
+    ws = Workspace.open(start)
+    rel = open_registry(ws).find(spec)
+    return restore(ws, rel, ws.repo.root / PurePosixPath(ws.card).parent)
+
+
+def get(start: str | Path, spec: str, out: str | Path) -> Restored:
+    """Fetch a release (``vX.Y.Z``, ``latest`` or a stage) into ``out``, verified."""
+    ws = Workspace.open(start)
+    return restore(ws, open_registry(ws).find(spec), Path(out))
+
+
+def gc(start: str | Path = ".", *, cloud: bool = False, dvc_remote: str | None = None,
+       dry: bool = False) -> str:
+    """``dvc gc`` keeping the workspace and every tag (so every release's artefacts)."""
+    ws = Workspace.open(start)
+    args = ["gc", "-w", "--all-tags", "-f", *(["--dry"] if dry else [])]
+    if cloud:
+        args += ["-c", *(["-r", dvc_remote] if dvc_remote else [])]
+    proc = remote.dvc(ws.root, *args)
+    if proc.returncode != 0:
+        raise GitError("dvc gc", remote.last_line(proc), "check the repository and remote")
+    return proc.stdout.strip()

@@ -1,0 +1,111 @@
+"""The DVC side of a release: push, prove presence in the remote, and fetch bytes by revision."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from modelshelf import artefacts
+from modelshelf.errors import IntegrityError, RemoteError
+from modelshelf.gitrepo import GitRepo
+
+
+def dvc(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    try:
+        return subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True,
+                              check=False, env=env)
+    except FileNotFoundError:
+        raise RemoteError("dvc", "command not found", "install dvc (`pip install dvc`)") from None
+
+
+def last_line(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()]
+    return lines[-1].removeprefix("ERROR: ").strip() if lines else f"exit {proc.returncode}"
+
+
+def push(root: Path, remote: str | None = None) -> None:
+    """``dvc push`` every output of the pipeline; RemoteError when it fails."""
+    args = ["push", "-q", *(["-r", remote] if remote else [])]
+    proc = dvc(root, *args)
+    if proc.returncode != 0:
+        raise RemoteError("dvc push", last_line(proc),
+                          "check the DVC remote (`dvc remote list`) and that it is reachable")
+
+
+def missing_in_remote(root: Path, remote: str | None = None) -> list[str]:
+    """Outputs of the workspace's pipeline that the remote does not hold (empty: all there)."""
+    proc = dvc(root, "status", "-c", "--json", *(["-r", remote] if remote else []))
+    if proc.returncode != 0:
+        raise RemoteError("dvc status -c", last_line(proc), "check the DVC remote is reachable")
+    try:
+        status: dict[str, Any] = json.loads(proc.stdout or "{}")
+    except ValueError:
+        raise RemoteError("dvc status -c", "unreadable output", "upgrade dvc") from None
+    return sorted(path for path, state in status.items() if state != "deleted")
+
+
+def pipeline_changes(root: Path) -> dict[str, Any]:
+    """``dvc status --json``: stages whose deps or outs differ from dvc.lock (empty: in sync)."""
+    proc = dvc(root, "status", "--json")
+    if proc.returncode != 0:
+        raise RemoteError("dvc status", last_line(proc), "run `dvc status` to see why")
+    return json.loads(proc.stdout or "{}")
+
+
+def locked_md5(repo: GitRepo, rev: str, lock_path: str, out_path: str) -> str | None:
+    """The md5 that ``dvc.lock`` at ``rev`` records for output ``out_path`` (lock-relative)."""
+    import yaml
+
+    raw = repo.show(rev, lock_path)
+    if raw is None:
+        return None
+    lock = yaml.safe_load(raw) or {}
+    for stage in (lock.get("stages") or {}).values():
+        for out in stage.get("outs") or []:
+            if out.get("path") == out_path:
+                return out.get("md5")
+    return None
+
+
+def cache_file(root: Path, md5: str) -> Path:
+    """Where DVC 3 keeps the object with ``md5`` in the project's local cache."""
+    proc = dvc(root, "cache", "dir")
+    base = Path(proc.stdout.strip()) if proc.returncode == 0 and proc.stdout.strip() else root / ".dvc/cache"
+    return base / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def restore(root: Path, rev: str, path: str, dest: Path, sha256: str, md5: str | None) -> str:
+    """Write the bytes of DVC-tracked ``path`` at ``rev`` to ``dest``, verified against ``sha256``.
+
+    The local cache is tried first, then the remote (through ``dvc.api``).  Returns
+    ``"cache"`` or ``"remote"``.  Nothing is left at ``dest`` unless the hash matches.
+    """
+    if md5:
+        cached = cache_file(root, md5)
+        if cached.is_file() and artefacts.sha256_file(cached) == sha256:
+            artefacts.copy_verified(cached, dest, sha256)
+            return "cache"
+    import hashlib
+
+    import dvc.api
+
+    h = hashlib.sha256()
+    try:
+        with dvc.api.open(path, repo=str(root), rev=rev, mode="rb") as src, \
+                artefacts.atomic_output(dest, "wb") as out:
+            while chunk := src.read(1 << 20):
+                h.update(chunk)
+                out.write(chunk)
+            if h.hexdigest() != sha256:  # raised inside: the temp file goes, dest stays as it was
+                raise IntegrityError(f"{rev}:{path}", "fetched bytes do not match the card's sha256",
+                                     "the remote holds a different file; do not use it")
+    except IntegrityError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - DVC raises many kinds; one line for the user
+        raise RemoteError(f"{rev}:{path}", f"cannot fetch from cache or remote ({type(exc).__name__})",
+                          "check `dvc remote list` and that the release was pushed") from None
+    return "remote"
