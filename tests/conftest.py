@@ -135,6 +135,30 @@ def built(project: Project) -> Project:
     return project
 
 
+def add_remotes(p: Project) -> Project:
+    """Give ``p`` a bare git remote ``origin`` and a default local DVC remote ``store``."""
+    origin = p.root.parent / f"{p.root.name}-origin.git"
+    run(["git", "init", "-q", "--bare", str(origin)], p.root.parent)
+    p.git("remote", "add", "origin", str(origin))
+    p.dvc("remote", "add", "-d", "store", str(p.root.parent / f"{p.root.name}-dvcstore"))
+    p.commit("remotes")
+    p.git("push", "-q", "origin", "main")
+    return p
+
+
+@pytest.fixture
+def remote_project(built: Project) -> Project:
+    """``built`` with a bare git remote ``origin`` and a local DVC remote ``store``; nothing released."""
+    return add_remotes(built)
+
+
+@pytest.fixture
+def released(remote_project: Project) -> Project:
+    """``remote_project`` after ``shelf release --push``: model@v1.0.0 in git and DVC remotes."""
+    remote_project.shelf("release", "--push")
+    return remote_project
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]

@@ -10,11 +10,14 @@ if TYPE_CHECKING:
     from modelshelf.model import Model
 
 
-def load(card_or_dir: Any, *, allow_version_mismatch: bool = False) -> Model:
-    """Load a model verified against its card (see :func:`modelshelf.model.load`)."""
+def load(card_or_dir: Any, *, repo: Any = ".", allow_version_mismatch: bool = False) -> Model:
+    """Load a model verified against its card: a path, or a release ("v1.2.0", "latest", "prod").
+
+    See :func:`modelshelf.model.load`.
+    """
     from modelshelf.model import load as _load
 
-    return _load(card_or_dir, allow_version_mismatch=allow_version_mismatch)
+    return _load(card_or_dir, repo=repo, allow_version_mismatch=allow_version_mismatch)
 
 
 __all__ = ["__version__", "load"]

@@ -1,7 +1,8 @@
 """``shelf``: parse arguments, call one library function, print its result, map errors.
 
 Exit codes: 0 success, 1 internal error, 2 bad configuration or data, 3 gate failed,
-4 integrity (hash) failure, 5 library version mismatch, 6 git/DVC state.
+4 integrity (hash) failure, 5 library version mismatch, 6 git/DVC state,
+7 release refused, 8 DVC remote error.
 """
 
 from __future__ import annotations

@@ -69,12 +69,23 @@ def verify(card_or_dir: str | Path, *, allow_version_mismatch: bool = False) -> 
     return Verification(card["name"], card["version"], tuple(checked), deps)
 
 
-def load(card_or_dir: str | Path, *, allow_version_mismatch: bool = False) -> Model:
+def resolve(spec: str | Path, repo: str | Path = ".") -> Path:
+    """A path as given, or, for ``vX.Y.Z``/``latest``/a stage name, a verified local copy of that release."""
+    path = Path(spec)
+    if path.exists() or isinstance(spec, Path) or "/" in str(spec) or str(spec).endswith(".json"):
+        return path
+    from modelshelf.registry import fetch
+
+    return fetch(repo, str(spec))
+
+
+def load(card_or_dir: str | Path, *, repo: str | Path = ".", allow_version_mismatch: bool = False) -> Model:
     """Load the model a card describes: sha256 first, scikit-learn version next, then joblib.
 
-    ``card_or_dir`` is a ``card.json`` or the directory holding it (e.g. ``models/``).
+    ``card_or_dir`` is a ``card.json``, the directory holding it (e.g. ``models/``), or a
+    release of the project at ``repo``: ``"v1.2.0"``, ``"latest"`` or a stage such as ``"prod"``.
     """
-    card, directory = _card_dir(card_or_dir)
+    card, directory = _card_dir(resolve(card_or_dir, repo))
     rec = card["artefacts"]["model"]
     estimator = artefacts.load_verified(
         directory / rec["file"], rec["sha256"],

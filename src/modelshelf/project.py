@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+import sys
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -108,8 +109,9 @@ def init(path: str | Path, *, force: bool = False) -> list[Path]:
     if not (root / ".git").exists():
         _run(["git", "init", "-q", "-b", "main"], root)
     if not (root / ".dvc").is_dir():
-        _run(["dvc", "init", "-q"], root)
-        _run(["dvc", "config", "core.analytics", "false"], root)
+        dvc = [sys.executable, "-m", "dvc"]
+        _run([*dvc, "init", "-q"], root)
+        _run([*dvc, "config", "core.analytics", "false"], root)
     written = []
     templates = resources.files("modelshelf") / "templates"
     for name in TEMPLATE_FILES:

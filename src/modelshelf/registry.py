@@ -389,6 +389,26 @@ def get(start: str | Path, spec: str, out: str | Path) -> Restored:
     return restore(ws, open_registry(ws).find(spec), Path(out))
 
 
+def fetch(start: str | Path, spec: str) -> Path:
+    """A verified local copy of a release (``vX.Y.Z``, ``latest`` or a stage), cached per version.
+
+    The copy lives under ``.dvc/tmp/modelshelf/`` (ignored by git); it is re-verified on
+    every call and re-fetched when its hash no longer matches.
+    """
+    ws = Workspace.open(start)
+    rel = open_registry(ws).find(spec)
+    dest = ws.root / ".dvc" / "tmp" / "modelshelf" / ws.name / f"v{rel.version}"
+    try:
+        card = parse_card((dest / CARD_FILE).read_bytes(), str(dest / CARD_FILE))
+        rec = card["artefacts"]["model"]
+        artefacts.verify(dest / rec["file"], rec["sha256"])
+        if card["version"] == str(rel.version):
+            return dest
+    except Exception:  # noqa: BLE001 - anything wrong with the copy means fetch it again
+        pass
+    return restore(ws, rel, dest).directory
+
+
 def gc(start: str | Path = ".", *, cloud: bool = False, dvc_remote: str | None = None,
        dry: bool = False) -> str:
     """``dvc gc`` keeping the workspace and every tag (so every release's artefacts)."""

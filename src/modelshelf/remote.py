@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,10 @@ from modelshelf.gitrepo import GitRepo
 
 
 def dvc(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run DVC from this interpreter's environment (no reliance on PATH)."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    try:
-        return subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True,
-                              check=False, env=env)
-    except FileNotFoundError:
-        raise RemoteError("dvc", "command not found", "install dvc (`pip install dvc`)") from None
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True,
+                          text=True, check=False, env=env)
 
 
 def last_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -71,11 +70,26 @@ def locked_md5(repo: GitRepo, rev: str, lock_path: str, out_path: str) -> str | 
     return None
 
 
+def cache_dir(root: Path) -> Path:
+    """The project's local DVC cache: ``[cache] dir`` from .dvc/config(.local), else .dvc/cache."""
+    import configparser
+
+    base = root / ".dvc"
+    found = base / "cache"
+    for name in ("config", "config.local"):  # later files override earlier ones, as in DVC
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(base / name, encoding="utf-8")
+        except configparser.Error:
+            continue
+        if parser.has_option("cache", "dir"):
+            found = (base / parser.get("cache", "dir")).resolve()
+    return found
+
+
 def cache_file(root: Path, md5: str) -> Path:
     """Where DVC 3 keeps the object with ``md5`` in the project's local cache."""
-    proc = dvc(root, "cache", "dir")
-    base = Path(proc.stdout.strip()) if proc.returncode == 0 and proc.stdout.strip() else root / ".dvc/cache"
-    return base / "files" / "md5" / md5[:2] / md5[2:]
+    return cache_dir(root) / "files" / "md5" / md5[:2] / md5[2:]
 
 
 def restore(root: Path, rev: str, path: str, dest: Path, sha256: str, md5: str | None) -> str:
