@@ -163,10 +163,28 @@ def _num(v: Any) -> str:
     return "none" if v is None else f"{v:.4g}"
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    from modelshelf.report import build
+
+    rep = build(Path("."), a.base)
+    if a.json:
+        print(json.dumps(rep.to_json(), indent=2))
+    else:
+        print(rep.markdown() if a.md else rep.text(), end="")
+    if not rep.passed:
+        raise GateFailed(f"report against {a.base}", "the candidate does not clear the gate",
+                         "see the report; the merge would not release it")
+    return 0
+
+
 def cmd_release(a: argparse.Namespace) -> int:
     from modelshelf.registry import release
 
-    done = release(push=a.push, git_remote=a.git_remote, dvc_remote=a.remote, renumber=a.renumber)
+    done = release(push=a.push, git_remote=a.git_remote, dvc_remote=a.remote, renumber=a.renumber,
+                   skip_released=a.skip_released)
+    if done.already:
+        print(f"already released as {done.tag} (same model sha256): nothing to do")
+        return 0
     if done.renumbered_from is not None:
         print(f"renumbered v{done.renumbered_from} → v{done.version} (committed)")
     print(f"released {done.tag} at {done.commit[:12]}: artefacts verified in the DVC remote"
@@ -322,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="card, directory, vX.Y.Z, latest or a stage (default: the workspace model)")
     p.add_argument("--json", action="store_true")
 
+    p = add("report", cmd_report, "the pull-request report: the workspace candidate against a base revision")
+    p.add_argument("--base", default="main", help="baseline revision (default: main)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--md", action="store_true", help="markdown with the sticky-comment marker")
+    fmt.add_argument("--json", action="store_true")
+
     def pushable(p: argparse.ArgumentParser) -> None:
         p.add_argument("--push", action="store_true", help="push the tag to the git remote (atomically)")
         p.add_argument("--git-remote", default="origin", help="git remote for --push (default: origin)")
@@ -331,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--remote", help="DVC remote (default: the project's default remote)")
     p.add_argument("--renumber", action="store_true",
                    help="take the next free version when the card's is taken, commit, then release")
+    p.add_argument("--skip-released", action="store_true",
+                   help="exit 0 when this model (same sha256) is already released (for CI on main)")
 
     p = add("versions", cmd_versions, "list releases with metrics and stages (read from git tags)")
     p.add_argument("--json", action="store_true")

@@ -213,6 +213,7 @@ class Released:
     commit: str
     pushed: bool
     renumbered_from: SemVer | None = None
+    already: bool = False
 
 
 def _renumber(ws: Workspace, card: dict[str, Any], taken: SemVer) -> SemVer:
@@ -232,16 +233,22 @@ def _renumber(ws: Workspace, card: dict[str, Any], taken: SemVer) -> SemVer:
 
 
 def release(start: str | Path = ".", *, push: bool = False, git_remote: str = "origin",
-            dvc_remote: str | None = None, renumber: bool = False) -> Released:
+            dvc_remote: str | None = None, renumber: bool = False,
+            skip_released: bool = False) -> Released:
     """Release the workspace model: push to the DVC remote, prove it is there, tag, optionally push.
 
-    No tag is created unless every output is in the DVC remote.
+    No tag is created unless every output is in the DVC remote.  With ``skip_released``, a
+    model already released (same sha256) is reported, not refused: what CI on main wants.
     """
     ws = Workspace.open(start)
     card = _check_releasable(ws)
     if push:
         ws.repo.run("fetch", "-q", "--tags", git_remote)
     reg = open_registry(ws)
+    model_sha = card["artefacts"]["model"]["sha256"]
+    same = [r for r in reg.releases if (r.card or {}).get("artefacts", {}).get("model", {}).get("sha256") == model_sha]
+    if same and skip_released:
+        return Released(same[-1].tag, same[-1].version, same[-1].commit, False, already=True)
     version = SemVer.parse(card["version"])
     highest = max((r.version for r in reg.releases), default=None)
     renumbered_from = None
@@ -266,6 +273,10 @@ def release(start: str | Path = ".", *, push: bool = False, git_remote: str = "o
         refs = [f"refs/tags/{tag}"]
         if renumbered_from is not None:
             branch = ws.repo.run("rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
+            if branch == "HEAD":
+                ws.repo.run("tag", "-d", tag, check=False)
+                raise ReleaseRefused(tag, "the renumber commit is on a detached HEAD",
+                                     "check out the branch (`git checkout -B main`) and retry")
             refs.insert(0, f"HEAD:refs/heads/{branch}")
         pushed = ws.repo.run("push", "--atomic", "-q", git_remote, *refs, check=False)
         if pushed.returncode != 0:

@@ -1,0 +1,190 @@
+"""The pull-request report: one gate verdict on the workspace candidate against a base revision.
+
+The verdict comes from :func:`modelshelf.gate.judge`, the function the pipeline's gate stage
+uses, so the report and the pipeline can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelshelf.card import parse_card, schema_changed
+from modelshelf.errors import ConfigError
+from modelshelf.gate import GateResult, judge, read_baseline
+from modelshelf.params import load_params, parse_params
+from modelshelf.tags import SemVer
+
+MARKER = "<!-- modelshelf-report -->"
+
+
+@dataclass(frozen=True)
+class Report:
+    base: str
+    base_commit: str | None
+    same_commit: bool
+    gate: GateResult
+    params_changed: dict[str, tuple[Any, Any]]
+    version: str | None
+    version_reason: str
+    size: tuple[int | None, int | None]
+    dataset: dict[str, tuple[Any, Any]]
+    metrics_base: dict[str, float]
+
+    @property
+    def passed(self) -> bool:
+        return self.gate.passed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "base": self.base, "base_commit": self.base_commit, "same_commit": self.same_commit,
+            "passed": self.passed, "gate": self.gate.to_json(),
+            "params_changed": {k: {"old": a, "new": b} for k, a, b in _rows(self.params_changed)},
+            "release": {"version": self.version, "reason": self.version_reason},
+            "model_bytes": {"old": self.size[0], "new": self.size[1]},
+            "dataset": {k: {"old": a, "new": b} for k, a, b in _rows(self.dataset)},
+        }
+
+    def markdown(self) -> str:
+        verdict = "✓ passes the gate" if self.passed else "✗ fails the gate"
+        title = f"v{self.version}" if self.version else "candidate"
+        base_label = f"{self.base} `{(self.base_commit or '')[:7]}`" if self.base_commit else self.base
+        lines = [MARKER, f"### modelshelf: {title} {verdict}", ""]
+        if self.same_commit:
+            lines += [f"The candidate is the baseline's own commit ({base_label}): no change.", ""]
+        lines += [f"| metric | baseline ({base_label}) | candidate | change | threshold | |",
+                  "|---|---:|---:|---:|---:|:-:|"]
+        for c in self.gate.checks:
+            cmp = "≥" if c.higher_is_better else "≤"
+            lines.append(f"| {c.metric} | {_num(c.baseline)} | {_num(c.value)} | {_delta(c.value, c.baseline)} "
+                         f"| {cmp} {_num(c.threshold)} | {'✓' if c.passed else '✗'} |")
+        failing = [f"{c.metric}: {'; '.join(c.reasons)}" for c in self.gate.checks if not c.passed]
+        if failing:
+            lines += ["", "**Gate failures:** " + " · ".join(failing)]
+        if not self.gate.baseline.found:
+            lines += ["", f"_No baseline at {self.base} ({self.gate.baseline.note}): thresholds only._"]
+        lines += ["", "**Params changed:** " + (", ".join(
+            f"`{k}` {_val(a)} → {_val(b)}" for k, a, b in _rows(self.params_changed)) or "none")]
+        lines.append(f"**Release on merge:** {'v' + self.version if self.version else 'none'} ({self.version_reason})")
+        old, new = self.size
+        lines.append(f"**Model size:** {_bytes(old)} → {_bytes(new)}{_pct(old, new)}")
+        lines.append("**Dataset:** " + (", ".join(f"{k} {_val(a)} → {_val(b)}" for k, a, b in _rows(self.dataset))
+                                        or "unchanged"))
+        return "\n".join(lines) + "\n"
+
+    def text(self) -> str:
+        return self.markdown().replace(MARKER + "\n", "")
+
+
+def build(root: Path, base: str = "main") -> Report:
+    """Judge the workspace candidate of the project at ``root`` against revision ``base``."""
+    from modelshelf.project import stage_options
+    from modelshelf.registry import Workspace, open_registry
+
+    ws = Workspace.open(root)
+    params = load_params(ws.root / "params.yaml")
+    metrics_rel = stage_options(ws.root, "gate")["metrics"]
+    metrics_path = ws.root / metrics_rel
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError):
+        raise ConfigError(metrics_rel, "no candidate metrics", "run `dvc repro` (or `dvc pull`) first") from None
+    from modelshelf.metrics import task_of
+
+    task = task_of(k for k, v in metrics.items() if v is not None) or "binary"
+    baseline = read_baseline(ws.repo, base, ws.repo.relpath(metrics_path))
+    result = judge(metrics, params.gate, task, baseline)
+    base_commit = baseline.commit
+    same = base_commit is not None and base_commit == ws.repo.head() and not ws.repo.is_dirty()
+
+    old_params = ws.repo.show(base_commit, ws.repo.relpath(ws.root / "params.yaml")) if base_commit else None
+    params_changed = _params_diff(old_params, (ws.root / "params.yaml").read_text())
+    card_path = ws.repo.root / ws.card
+    card = parse_card(card_path.read_bytes(), ws.card) if card_path.is_file() else None
+    raw_base_card = ws.repo.show(base_commit, ws.card) if base_commit else None
+    base_card = parse_card(raw_base_card, f"{base}:{ws.card}") if raw_base_card else None
+
+    version, reason = _release_version(ws, card, base_card, open_registry(ws).releases)
+    size = (_model_bytes(base_card), _model_bytes(card))
+    dataset = {}
+    for key in ("rows", "sha256"):
+        a = (base_card or {}).get("dataset", {}).get(key)
+        b = (card or {}).get("dataset", {}).get(key)
+        if a != b:
+            dataset[key] = (a, b)
+    return Report(base, base_commit, same, result, params_changed, version, reason, size, dataset,
+                  dict(baseline.metrics or {}))
+
+
+def _release_version(ws: Any, card: dict[str, Any] | None, base_card: dict[str, Any] | None,
+                     releases: tuple[Any, ...]) -> tuple[str | None, str]:
+    if card is None:
+        return None, "no model card in the workspace"
+    if base_card and base_card.get("artefacts", {}).get("model", {}).get("sha256") == \
+            card["artefacts"]["model"]["sha256"]:
+        return None, "the model is unchanged"
+    version = SemVer.parse(card["version"])
+    why = str(card.get("version_bump", ""))
+    highest = max((r.version for r in releases), default=None)
+    if highest is not None and version <= highest:
+        part = why.split(":")[0] if why.split(":")[0] in ("major", "minor", "patch") else "minor"
+        return str(highest.bump(part)), f"{why}; v{version} is taken, the release job renumbers"
+    if base_card is not None and schema_changed(base_card.get("input_schema"), card["input_schema"]):
+        why += " (input schema changed against the base)" if "major" not in why else ""
+    return str(version), why
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _params_diff(old_text: bytes | None, new_text: str) -> dict[str, tuple[Any, Any]]:
+    import yaml
+
+    old = _flatten(yaml.safe_load(old_text) or {}) if old_text else {}
+    new_raw = yaml.safe_load(new_text) or {}
+    parse_params(new_raw)  # a bad params.yaml fails here with its usual message
+    new = _flatten(new_raw)
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+def _model_bytes(card: dict[str, Any] | None) -> int | None:
+    return (card or {}).get("artefacts", {}).get("model", {}).get("bytes")
+
+
+def _rows(d: dict[str, tuple[Any, Any]]) -> list[tuple[str, Any, Any]]:
+    return [(k, a, b) for k, (a, b) in d.items()]
+
+
+def _num(v: float | None) -> str:
+    return "–" if v is None else f"{v:.4f}"
+
+
+def _delta(new: float | None, old: float | None) -> str:
+    if new is None or old is None:
+        return "–"
+    d = new - old
+    return "no change" if abs(d) < 5e-5 else f"{d:+.4f}"
+
+
+def _val(v: Any) -> str:
+    if isinstance(v, str) and len(v) == 64:
+        return f"`{v[:12]}…`"
+    return "–" if v is None else f"`{v}`"
+
+
+def _bytes(n: int | None) -> str:
+    return "–" if n is None else f"{n:,} bytes"
+
+
+def _pct(old: int | None, new: int | None) -> str:
+    if not old or new is None:
+        return ""
+    return f" ({(new - old) / old:+.1%})"
