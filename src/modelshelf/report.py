@@ -106,7 +106,12 @@ def build(root: Path, base: str = "main") -> Report:
     raw_base_card = ws.repo.show(base_commit, ws.card) if base_commit else None
     base_card = parse_card(raw_base_card, f"{base}:{ws.card}") if raw_base_card else None
 
-    version, reason = _release_version(ws, card, base_card, open_registry(ws).releases)
+    if not result.passed:
+        version, reason = None, "the gate fails"
+    elif card is not None and card.get("metrics") != metrics:
+        version, reason = None, "the card does not match the metrics: run `dvc repro` and commit"
+    else:
+        version, reason = _release_version(card, base_card, open_registry(ws).releases)
     size = (_model_bytes(base_card), _model_bytes(card))
     dataset = {}
     for key in ("rows", "sha256"):
@@ -118,7 +123,7 @@ def build(root: Path, base: str = "main") -> Report:
                   dict(baseline.metrics or {}))
 
 
-def _release_version(ws: Any, card: dict[str, Any] | None, base_card: dict[str, Any] | None,
+def _release_version(card: dict[str, Any] | None, base_card: dict[str, Any] | None,
                      releases: tuple[Any, ...]) -> tuple[str | None, str]:
     if card is None:
         return None, "no model card in the workspace"
