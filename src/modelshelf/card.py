@@ -38,7 +38,8 @@ def utc_now() -> str:
 def build_card(*, name: str, version: str, bump: str, trained_at: str, dataset: Mapping[str, Any], algorithm: str,
                pipeline: list[str], hyperparams: Mapping[str, Any], metrics: Mapping[str, Any],
                gate: Mapping[str, Any], input_schema: Mapping[str, Any],
-               artefacts: Mapping[str, Any], git: Mapping[str, Any]) -> dict[str, Any]:
+               artefacts: Mapping[str, Any], git: Mapping[str, Any],
+               onnx: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Assemble a card; every field is JSON-safe."""
     return {
         "schema_version": SCHEMA_VERSION,
@@ -56,6 +57,7 @@ def build_card(*, name: str, version: str, bump: str, trained_at: str, dataset: 
         "dependencies": dependency_versions(),
         "input_schema": dict(input_schema),
         "artefacts": dict(artefacts),
+        "onnx": dict(onnx or {"produced": False, "reason": "not attempted"}),
         "git": dict(git),
     }
 

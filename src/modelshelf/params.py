@@ -50,6 +50,8 @@ class GateParams:
 @dataclass(frozen=True)
 class SerialiseParams:
     compress: int = 3
+    onnx: bool = True
+    onnx_tolerance: float = 1e-4
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,11 @@ class _Reader:
             raise self.fail(path, f"{value!r} is out of range", f"use a value in [{low}, {high}]")
         return value
 
+    def boolean(self, value: Any, path: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(path, f"expected true or false, got {value!r}")
+        return value
+
     def string(self, value: Any, path: str, choices: tuple[str, ...] = ()) -> str:
         if not isinstance(value, str) or not value:
             raise self.fail(path, f"expected a non-empty string, got {value!r}")
@@ -181,9 +188,13 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
         baseline=r.string(g.get("baseline", GateParams.baseline), "gate.baseline"),
     )
 
-    s = r.section(top.get("serialise"), "serialise", ("compress",))
+    s = r.section(top.get("serialise"), "serialise", tuple(SerialiseParams.__dataclass_fields__))
+    ds = SerialiseParams()
     serialise = SerialiseParams(
-        compress=r.number(s.get("compress", 3), "serialise.compress", low=0, high=9, integer=True))
+        compress=r.number(s.get("compress", ds.compress), "serialise.compress", low=0, high=9, integer=True),
+        onnx=r.boolean(s.get("onnx", ds.onnx), "serialise.onnx"),
+        onnx_tolerance=float(r.number(s.get("onnx_tolerance", ds.onnx_tolerance), "serialise.onnx_tolerance",
+                                      low=0)))
 
     rel = r.section(top.get("release"), "release", tuple(ReleaseParams.__dataclass_fields__))
     dr = ReleaseParams()

@@ -190,8 +190,8 @@ def _check_releasable(ws: Workspace) -> dict[str, Any]:
     if changes:
         raise ReleaseRefused("dvc.lock", f"the pipeline is not up to date ({', '.join(sorted(changes))} changed)",
                              "run `dvc repro` and commit its outputs")
-    rec = card["artefacts"]["model"]
-    artefacts.verify(ws.repo.root / PurePosixPath(ws.card).parent / rec["file"], rec["sha256"], "the card's")
+    for rec in card["artefacts"].values():
+        artefacts.verify(ws.repo.root / PurePosixPath(ws.card).parent / rec["file"], rec["sha256"], "the card's")
     return card
 
 
@@ -378,13 +378,18 @@ def restore(ws: Workspace, rel: Release, dest: Path) -> Restored:
         raise ReleaseRefused(rel.tag, f"no {ws.card} at this release", "this tag is not a modelshelf release")
     card = parse_card(raw, f"{rel.tag}:{ws.card}")
     lock_dir = PurePosixPath(ws.lock).parent
-    model_rel = str(PurePosixPath(ws.model).relative_to(lock_dir)) if str(lock_dir) != "." else ws.model
-    md5 = remote.locked_md5(ws.repo, rel.tag, ws.lock, model_rel)
-    rec = card["artefacts"]["model"]
+    card_dir = PurePosixPath(ws.card).parent
     dest.mkdir(parents=True, exist_ok=True)
-    source = remote.restore(ws.root, rel.tag, model_rel, dest / rec["file"], rec["sha256"], md5)
+    sources = set()
+    for rec in card["artefacts"].values():  # every format the card records, each verified
+        repo_path = card_dir / rec["file"]
+        rel_path = str(repo_path.relative_to(lock_dir)) if str(lock_dir) != "." else str(repo_path)
+        md5 = remote.locked_md5(ws.repo, rel.tag, ws.lock, rel_path, ws.root)
+        target = dest / rec["file"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sources.add(remote.restore(ws.root, rel.tag, rel_path, target, rec["sha256"], md5))
     artefacts.write_text(dest / CARD_FILE, raw.decode())
-    return Restored(rel.version, dest, source, card)
+    return Restored(rel.version, dest, "remote" if "remote" in sources else "cache", card)
 
 
 def rollback(start: str | Path, spec: str) -> Restored:
@@ -411,8 +416,8 @@ def fetch(start: str | Path, spec: str) -> Path:
     dest = ws.root / ".dvc" / "tmp" / "modelshelf" / ws.name / f"v{rel.version}"
     try:
         card = parse_card((dest / CARD_FILE).read_bytes(), str(dest / CARD_FILE))
-        rec = card["artefacts"]["model"]
-        artefacts.verify(dest / rec["file"], rec["sha256"])
+        for rec in card["artefacts"].values():
+            artefacts.verify(dest / rec["file"], rec["sha256"])
         if card["version"] == str(rel.version):
             return dest
     except Exception:  # noqa: BLE001 - anything wrong with the copy means fetch it again

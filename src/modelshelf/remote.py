@@ -55,8 +55,9 @@ def pipeline_changes(root: Path) -> dict[str, Any]:
     return json.loads(proc.stdout or "{}")
 
 
-def locked_md5(repo: GitRepo, rev: str, lock_path: str, out_path: str) -> str | None:
-    """The md5 that ``dvc.lock`` at ``rev`` records for output ``out_path`` (lock-relative)."""
+def locked_md5(repo: GitRepo, rev: str, lock_path: str, out_path: str, root: Path) -> str | None:
+    """The md5 DVC recorded at ``rev`` for ``out_path`` (lock-relative): a file output, or a
+    file inside a directory output whose manifest is in the local cache.  None when unknown."""
     import yaml
 
     raw = repo.show(rev, lock_path)
@@ -65,8 +66,17 @@ def locked_md5(repo: GitRepo, rev: str, lock_path: str, out_path: str) -> str | 
     lock = yaml.safe_load(raw) or {}
     for stage in (lock.get("stages") or {}).values():
         for out in stage.get("outs") or []:
-            if out.get("path") == out_path:
-                return out.get("md5")
+            path, md5 = str(out.get("path", "")).rstrip("/"), str(out.get("md5", ""))
+            if path == out_path:
+                return md5 or None
+            if md5.endswith(".dir") and out_path.startswith(path + "/"):
+                manifest = cache_file(root, md5)
+                try:
+                    entries = json.loads(manifest.read_text())
+                except (OSError, ValueError):
+                    return None
+                rel = out_path[len(path) + 1:]
+                return next((e.get("md5") for e in entries if e.get("relpath") == rel), None)
     return None
 
 

@@ -21,6 +21,7 @@ from modelshelf.gitrepo import GitRepo
 from modelshelf.metrics import task_of
 from modelshelf.params import load_params
 
+ONNX_DIR = "onnx"
 SCHEMA_FILE = "schema.json"
 DATASET_FILE = "dataset.json"
 CANDIDATE_MODEL = "model.joblib"
@@ -210,6 +211,7 @@ def serialise(params_path: Path, prepared: Path, candidate: Path, metrics_path: 
     changed = schema_changed(base_card.get("input_schema") if base_card else None, schema)
     version, why = tags.next_version(latest, params.release.bump, changed)
 
+    onnx_record = _export_onnx(params, prepared, candidate, schema, out / ONNX_DIR)
     artefacts.copy_verified(candidate / CANDIDATE_MODEL, model_path, info["sha256"])
     ignore = ("dvc.lock", *(repo.relpath(p) for p in (metrics_path, gate_path, out)),
               repo.relpath(metrics_path.parent))
@@ -223,11 +225,37 @@ def serialise(params_path: Path, prepared: Path, candidate: Path, metrics_path: 
                          for m, c in report.get("metrics", {}).items()}},
         input_schema=schema,
         artefacts={"model": artefacts.file_record(model_path, out) | {"format": "joblib",
-                                                                      "compress": info.get("compress")}},
+                                                                      "compress": info.get("compress")},
+                   **({"onnx": onnx_record["artefact"]} if "artefact" in onnx_record else {})},
+        onnx=onnx_record["summary"],
         git={"commit": repo.head(), "dirty": repo.is_dirty(ignore)},
     )
     artefacts.write_json(card_path, card)
     return Serialised(card, model_path, card_path)
+
+
+def _export_onnx(params: Any, prepared: Path, candidate: Path, schema: dict[str, Any],
+                 onnx_dir: Path) -> dict[str, Any]:
+    """Export and parity-check the ONNX copy into ``onnx_dir`` (emptied first); the card's records."""
+    from modelshelf import onnxcopy
+
+    if onnx_dir.exists():
+        shutil.rmtree(onnx_dir)
+    onnx_dir.mkdir(parents=True)
+    if not params.serialise.onnx:
+        return {"summary": {"produced": False, "reason": "disabled by serialise.onnx"}}
+    from modelshelf import data
+
+    model, _ = load_candidate(candidate)
+    X, y = data.read_split(prepared / "test.csv", schema)
+    result = onnxcopy.export(model, schema, X, y, regression_tolerance=params.serialise.onnx_tolerance)
+    if result.data is None:
+        return {"summary": {"produced": False, "reason": result.reason, "parity": result.parity}}
+    path = onnx_dir / onnxcopy.ONNX_FILE
+    with artefacts.atomic_output(path, "wb") as fh:
+        fh.write(result.data)
+    record = artefacts.file_record(path, onnx_dir.parent) | {"format": "onnx", "parity": result.parity}
+    return {"artefact": record, "summary": {"produced": True, "parity": result.parity}}
 
 
 def _baseline_card(repo: GitRepo, rev: str, path: str) -> dict[str, Any] | None:

@@ -85,19 +85,28 @@ def build_pipeline(params: TrainParams, schema: Mapping[str, Any], random_state:
 
     numeric = [f["name"] for f in schema["features"] if f["kind"] == "numeric"]
     categorical = [f["name"] for f in schema["features"] if f["kind"] == "categorical"]
+    estimator = make_estimator(params, schema["task"], random_state)
     branches = []
     if numeric:
-        branches.append(("numeric", Pipeline([
-            ("impute", SimpleImputer(strategy="median")),
-            ("scale", StandardScaler()),
-        ]), numeric))
+        steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median"))]
+        # Trees are scale-invariant, and scaling before them breaks ONNX parity: the graph
+        # scales in float32, then compares with float32 thresholds, and labels can flip.
+        if not _is_tree_model(estimator):
+            steps.append(("scale", StandardScaler()))
+        branches.append(("numeric", Pipeline(steps), numeric))
     if categorical:
         branches.append(("categorical", Pipeline([
             ("impute", SimpleImputer(strategy="constant", fill_value=MISSING_CATEGORY)),
             ("onehot", OneHotEncoder(handle_unknown="ignore")),
         ]), categorical))
     pre = ColumnTransformer(branches, remainder="drop")
-    return Pipeline([("preprocess", pre), ("model", make_estimator(params, schema["task"], random_state))])
+    return Pipeline([("preprocess", pre), ("model", estimator)])
+
+
+def _is_tree_model(estimator: Any) -> bool:
+    module = type(estimator).__module__
+    return module.startswith(("sklearn.tree", "sklearn.ensemble._forest", "sklearn.ensemble._gb",
+                              "sklearn.ensemble._hist_gradient_boosting", "sklearn.ensemble._iforest"))
 
 
 def train(X: pd.DataFrame, y: pd.Series, params: TrainParams, schema: Mapping[str, Any],

@@ -1,0 +1,126 @@
+"""The ONNX copy of a model: export with skl2onnx, prove parity, run with onnxruntime.
+
+The training pipeline imputes missing categories with a constant; that imputer does not
+convert, so the exported graph starts at the one-hot encoder and every caller fills
+missing categories with :data:`modelshelf.data.MISSING_CATEGORY` first (see :func:`feeds`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from modelshelf.data import MISSING_CATEGORY
+
+ONNX_FILE = "model.onnx"
+PROBA_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class Export:
+    """An exported graph, or why there is none; ``parity`` holds what was measured."""
+
+    data: bytes | None
+    parity: dict[str, Any]
+    reason: str = ""
+
+
+def feeds(columns: Mapping[str, Any], schema: Mapping[str, Any]) -> list[Any]:
+    """onnxruntime inputs, in the schema's feature order: one ``[n, 1]`` tensor per feature."""
+    import numpy as np
+
+    out = []
+    for f in schema["features"]:
+        col = columns[f["name"]]
+        if f["kind"] == "categorical":
+            arr = np.asarray(col, dtype=object)
+            missing = np.array([v is None or (isinstance(v, float) and v != v) for v in arr], dtype=bool)
+            arr = np.where(missing, MISSING_CATEGORY, arr).astype(str)
+        else:
+            arr = np.asarray(col, dtype=np.float32)
+        out.append(arr.reshape(-1, 1))
+    return out
+
+
+def _graph_pipeline(pipeline: Any) -> Any:
+    """A copy of the fitted pipeline whose categorical branch starts at the encoder."""
+    conv = copy.deepcopy(pipeline)
+    ct = conv.named_steps["preprocess"]
+    ct.transformers_ = [(name, t.steps[-1][1] if name == "categorical" else t, cols)
+                        for name, t, cols in ct.transformers_]
+    return conv
+
+
+def export(pipeline: Any, schema: Mapping[str, Any], X: Any, y: Any, *,
+           regression_tolerance: float) -> Export:
+    """Convert ``pipeline`` and check it against scikit-learn on the held-out ``X``.
+
+    Classifiers: identical labels and probabilities within 1e-5.  Regressors: predictions
+    within ``regression_tolerance`` (absolute).  Anything else yields ``data=None`` and a reason.
+    """
+    import numpy as np
+
+    try:
+        from skl2onnx import convert_sklearn
+        from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+        inputs = [(f["name"], StringTensorType([None, 1]) if f["kind"] == "categorical"
+                   else FloatTensorType([None, 1])) for f in schema["features"]]
+        conv = _graph_pipeline(pipeline)
+        est = conv.steps[-1][1]
+        options = {id(est): {"zipmap": False}} if schema["task"] != "regression" else None
+        model = convert_sklearn(conv, initial_types=inputs, options=options)
+        data = model.SerializeToString()
+    except Exception as exc:  # noqa: BLE001 - the converter raises many kinds; record why
+        return Export(None, {"checked": False}, f"skl2onnx cannot convert it: {type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
+
+    session = Session(data)
+    cols = {f["name"]: X[f["name"]].to_numpy() for f in schema["features"]}
+    out = session.run(feeds(cols, schema))
+    rows = int(len(X))
+    if schema["task"] == "regression":
+        expected = np.asarray(pipeline.predict(X), dtype=float)
+        got = np.asarray(out[0], dtype=float).reshape(-1)
+        # Relative to the prediction's size (floor 1): the graph computes in float32.
+        rel = np.abs(got - expected) / np.maximum(1.0, np.abs(expected))
+        diff = float(np.max(rel)) if rows else 0.0
+        ok = diff <= regression_tolerance
+        parity = {"checked": True, "rows": rows, "max_rel_diff": diff,
+                  "tolerance": regression_tolerance, "passed": ok}
+        return Export(data if ok else None, parity,
+                      "" if ok else f"parity failed: relative difference {diff:.3g} > {regression_tolerance}")
+    labels = np.asarray(out[0]).reshape(-1)
+    expected_labels = np.asarray(pipeline.predict(X))
+    same = float(np.mean(labels.astype(str) == expected_labels.astype(str))) if rows else 1.0
+    parity = {"checked": True, "rows": rows, "labels_equal": same}
+    ok = same == 1.0
+    if len(out) > 1 and hasattr(pipeline, "predict_proba"):
+        diff = float(np.max(np.abs(np.asarray(out[1]) - pipeline.predict_proba(X)))) if rows else 0.0
+        parity |= {"max_proba_diff": diff, "tolerance": PROBA_TOLERANCE}
+        ok = ok and diff <= PROBA_TOLERANCE
+    parity["passed"] = ok
+    reason = "" if ok else (f"parity failed: {1 - same:.2%} of labels differ" if same < 1.0
+                            else f"parity failed: probabilities differ by {parity.get('max_proba_diff'):.3g}")
+    return Export(data if ok else None, parity, reason)
+
+
+class Session:
+    """An onnxruntime session for a verified graph: ``run(feeds) -> [labels, probabilities]``."""
+
+    def __init__(self, data: bytes) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1   # one-row latency beats intra-op parallelism here
+        opts.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.outputs: Sequence[str] = [o.name for o in self._session.get_outputs()]
+        # skl2onnx sanitises input names (spaces become '_'); it keeps their order.
+        self.inputs: Sequence[str] = [i.name for i in self._session.get_inputs()]
+
+    def run(self, tensors: Sequence[Any]) -> list[Any]:
+        """Outputs for ``tensors`` given in the schema's feature order (see :func:`feeds`)."""
+        return self._session.run(None, dict(zip(self.inputs, tensors, strict=True)))
