@@ -177,6 +177,31 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    import os
+
+    from modelshelf.serve.server import build, run
+
+    token = os.environ.get(a.admin_token_env) or None
+    app = build(a.model, admin_token=token, poll=a.poll, max_rows=a.max_rows, max_body=a.max_body,
+                allow_version_mismatch=a.allow_version_mismatch)
+    cur = app.holder.current
+    assert cur is not None
+    print(f"serving {cur.name} v{cur.version} ({cur.format}) on http://{a.host}:{a.port}"
+          f" following '{a.model}'" + (f", polling every {a.poll:g}s" if a.poll > 0 else "")
+          + ("" if token else f"; admin reload disabled (set {a.admin_token_env})"), flush=True)
+    run(app, a.host, a.port)
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from modelshelf.serve.batch import predict_csv
+
+    done = predict_csv(a.model, a.input, a.out, allow_version_mismatch=a.allow_version_mismatch)
+    print(f"scored {done.rows} rows with v{done.version} → {done.output}")
+    return 0
+
+
 def cmd_release(a: argparse.Namespace) -> int:
     from modelshelf.registry import release
 
@@ -345,6 +370,23 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--md", action="store_true", help="markdown with the sticky-comment marker")
     fmt.add_argument("--json", action="store_true")
+
+    p = add("serve", cmd_serve, "serve a verified model over HTTP, hot-swapping as the registry moves")
+    p.add_argument("--model", default="latest", help="vX.Y.Z, latest, a stage (prod) or a directory")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--poll", type=float, default=10.0, help="seconds between registry checks (0: never)")
+    p.add_argument("--admin-token-env", default="SHELF_ADMIN_TOKEN",
+                   help="environment variable holding the bearer token for POST /admin/reload")
+    p.add_argument("--max-rows", type=int, default=10_000)
+    p.add_argument("--max-body", type=int, default=8 << 20, help="bytes")
+    p.add_argument("--allow-version-mismatch", action="store_true")
+
+    p = add("predict", cmd_predict, "score a CSV with a verified model (the same rules as serve)")
+    p.add_argument("input", type=_p)
+    p.add_argument("--model", default="latest", help="vX.Y.Z, latest, a stage or a directory")
+    p.add_argument("-o", "--out", type=_p, required=True)
+    p.add_argument("--allow-version-mismatch", action="store_true")
 
     def pushable(p: argparse.ArgumentParser) -> None:
         p.add_argument("--push", action="store_true", help="push the tag to the git remote (atomically)")

@@ -1,0 +1,1 @@
+"""Serving: a verified model version over HTTP, hot-swapped without dropping requests."""

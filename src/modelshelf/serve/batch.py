@@ -1,0 +1,67 @@
+"""Batch scoring of a CSV with the same verified runner and the same input rules as HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelshelf import artefacts
+from modelshelf.errors import DataError
+from modelshelf.params import suggest
+
+
+@dataclass(frozen=True)
+class Scored:
+    version: str
+    rows: int
+    output: Path
+
+
+def predict_csv(spec: str, source: Path, output: Path, *, repo: Path = Path("."),
+                allow_version_mismatch: bool = False) -> Scored:
+    """Score ``source`` with the model ``spec`` names; write ``output`` atomically."""
+    import numpy as np
+    import pandas as pd
+
+    from modelshelf.model import resolve
+    from modelshelf.serve.runner import load
+
+    loaded = load(resolve(spec, repo), allow_version_mismatch=allow_version_mismatch, max_rows=0)
+    schema = loaded.card["input_schema"]
+    cats = {f["name"]: object for f in schema["features"] if f["kind"] == "categorical"}
+    try:
+        frame = pd.read_csv(source, dtype=cats, keep_default_na=True)
+    except FileNotFoundError:
+        raise DataError(str(source), "file not found", "check the path") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(str(source), f"not a readable CSV ({type(exc).__name__})", "fix the file") from None
+    names = [f["name"] for f in schema["features"]]
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        raise DataError(str(source), f"missing feature column '{missing[0]}'",
+                        suggest(missing[0], tuple(map(str, frame.columns)), "columns"))
+    columns: dict[str, list[Any]] = {}
+    for f in schema["features"]:
+        col = frame[f["name"]]
+        if f["kind"] == "numeric":
+            values = pd.to_numeric(col, errors="coerce")
+            bad = col.notna() & values.isna()
+            if bad.any():
+                row = int(np.flatnonzero(bad.to_numpy())[0])
+                raise DataError(str(source), f"column '{f['name']}' row {row + 1}: {col.iloc[row]!r} is not a number",
+                                "fix the value or leave it empty for missing")
+            if np.isinf(values.to_numpy(dtype=float)).any():
+                raise DataError(str(source), f"column '{f['name']}' holds infinity", "replace it")
+            columns[f["name"]] = values.to_numpy(dtype=float).tolist()
+        else:
+            columns[f["name"]] = [None if v is None or (isinstance(v, float) and v != v) else str(v)
+                                  for v in col.tolist()]
+    result = loaded.runner.predict(columns) if len(frame) else {"predictions": []}
+    out = pd.DataFrame({"prediction": result["predictions"]})
+    for i, cls in enumerate(result.get("classes") or []):
+        if "probabilities" in result:
+            out[f"proba_{cls}"] = [p[i] for p in result["probabilities"]]
+    out.insert(0, "model_version", loaded.version)
+    artefacts.write_text(output, out.to_csv(index=False))
+    return Scored(loaded.version, len(frame), output)

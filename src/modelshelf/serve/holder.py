@@ -1,0 +1,72 @@
+"""The holder: which verified version answers now, and the swap to the next one.
+
+A request reads ``holder.current`` once and finishes on that object, so a swap (one
+attribute assignment, after the new version is fetched, verified and warmed up) never
+interrupts it.  A version that fails to load is refused; the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelshelf.errors import ShelfError
+from modelshelf.serve.runner import Loaded, load
+
+
+@dataclass
+class Holder:
+    spec: str
+    repo: Path = Path(".")
+    allow_version_mismatch: bool = False
+    max_rows: int = 10_000
+    current: Loaded | None = None
+    error: str = ""
+    swaps: int = 0
+    failures: int = 0
+    checked_at: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def reload(self) -> str:
+        """Resolve the spec again; swap if it names another version. Returns what happened."""
+        with self._lock:  # one reload at a time; requests never wait on this lock
+            self.checked_at = time.time()
+            try:
+                directory = self._resolve()
+                if self.current is not None and self._same(directory):
+                    self.error = ""
+                    return f"unchanged: v{self.current.version}"
+                new = load(directory, allow_version_mismatch=self.allow_version_mismatch,
+                           max_rows=self.max_rows)
+            except ShelfError as exc:
+                return self._refuse(exc.message)
+            except Exception as exc:  # noqa: BLE001 - any failure to load must leave the old model serving
+                return self._refuse(f"{type(exc).__name__}: {exc}")
+            old = self.current
+            self.current = new
+            self.error = ""
+            if old is not None:
+                self.swaps += 1
+            return f"serving v{new.version} ({new.format})" + (f", was v{old.version}" if old else "")
+
+    def _refuse(self, message: str) -> str:
+        self.failures += 1
+        self.error = f"refused {self.spec}: {message}"
+        if self.current is None:
+            raise RuntimeError(self.error)
+        return self.error
+
+    def _resolve(self) -> Path:
+        from modelshelf.model import resolve
+
+        return resolve(self.spec, self.repo)
+
+    def _same(self, directory: Path) -> bool:
+        from modelshelf.card import read_card
+
+        card = read_card(directory)
+        assert self.current is not None
+        return (str(card["version"]) == self.current.version
+                and card["artefacts"] == self.current.card["artefacts"])

@@ -1,0 +1,61 @@
+"""Prometheus metrics in the text exposition format, with no client library."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+@dataclass
+class Metrics:
+    requests: Counter[tuple[str, int]] = field(default_factory=Counter)
+    rows: int = 0
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    latency_sum: float = 0.0
+    latency_count: int = 0
+
+    def observe(self, path: str, status: int, seconds: float, rows: int = 0) -> None:
+        self.requests[(path, status)] += 1
+        if path == "/predict":
+            self.rows += rows
+            self.latency_sum += seconds
+            self.latency_count += 1
+            for i, bound in enumerate(BUCKETS):
+                if seconds <= bound:
+                    self.buckets[i] += 1
+                    break
+            else:
+                self.buckets[-1] += 1
+
+    def render(self, name: str, version: str, fmt: str, swaps: int, failures: int, healthy: bool) -> str:
+        out = ["# HELP modelshelf_requests_total HTTP requests by path and status.",
+               "# TYPE modelshelf_requests_total counter"]
+        for (path, status), n in sorted(self.requests.items()):
+            out.append(f'modelshelf_requests_total{{path="{path}",status="{status}"}} {n}')
+        errors = sum(n for (_, status), n in self.requests.items() if status >= 400)
+        out += ["# HELP modelshelf_errors_total Responses with a 4xx or 5xx status.",
+                "# TYPE modelshelf_errors_total counter", f"modelshelf_errors_total {errors}",
+                "# HELP modelshelf_prediction_rows_total Rows predicted.",
+                "# TYPE modelshelf_prediction_rows_total counter", f"modelshelf_prediction_rows_total {self.rows}",
+                "# HELP modelshelf_predict_seconds Latency of /predict, in seconds.",
+                "# TYPE modelshelf_predict_seconds histogram"]
+        cumulative = 0
+        for bound, n in zip((*BUCKETS, float("inf")), self.buckets, strict=True):
+            cumulative += n
+            le = "+Inf" if bound == float("inf") else repr(bound)
+            out.append(f'modelshelf_predict_seconds_bucket{{le="{le}"}} {cumulative}')
+        out += [f"modelshelf_predict_seconds_sum {self.latency_sum}",
+                f"modelshelf_predict_seconds_count {self.latency_count}",
+                "# HELP modelshelf_model_info The model version being served.",
+                "# TYPE modelshelf_model_info gauge",
+                f'modelshelf_model_info{{name="{name}",version="{version}",format="{fmt}"}} 1',
+                "# HELP modelshelf_model_swaps_total Hot swaps to a new version.",
+                "# TYPE modelshelf_model_swaps_total counter", f"modelshelf_model_swaps_total {swaps}",
+                "# HELP modelshelf_model_load_failures_total Versions refused (failed to fetch, verify or load).",
+                "# TYPE modelshelf_model_load_failures_total counter",
+                f"modelshelf_model_load_failures_total {failures}",
+                "# HELP modelshelf_healthy 1 when the last load attempt succeeded.",
+                "# TYPE modelshelf_healthy gauge", f"modelshelf_healthy {int(healthy)}"]
+        return "\n".join(out) + "\n"

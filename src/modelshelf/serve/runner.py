@@ -1,0 +1,121 @@
+"""A loaded, verified model ready to answer: ONNX (no pickle) or, failing that, the joblib copy."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelshelf import artefacts
+from modelshelf.card import CARD_FILE, parse_card
+from modelshelf.errors import IntegrityError
+from modelshelf.serve.payload import openapi
+
+
+class OnnxRunner:
+    """onnxruntime over a graph whose bytes were verified in memory before use."""
+
+    format = "onnx"
+
+    def __init__(self, data: bytes, schema: Mapping[str, Any]) -> None:
+        from modelshelf.onnxcopy import Session
+
+        self.session = Session(data)
+        self.schema = schema
+
+    def predict(self, columns: Mapping[str, list[Any]]) -> dict[str, Any]:
+        from modelshelf.onnxcopy import feeds
+
+        out = self.session.run(feeds(columns, self.schema))
+        if self.schema["task"] == "regression":
+            return {"predictions": out[0].reshape(-1).tolist()}
+        result: dict[str, Any] = {"predictions": out[0].reshape(-1).tolist()}
+        if len(out) > 1:
+            result["classes"] = self.schema.get("classes")
+            result["probabilities"] = out[1].tolist()
+        return result
+
+
+class JoblibRunner:
+    """The verified joblib pipeline: the fallback when the card records no ONNX copy."""
+
+    format = "joblib"
+
+    def __init__(self, model: Any, schema: Mapping[str, Any]) -> None:
+        self.model = model
+        self.schema = schema
+
+    def predict(self, columns: Mapping[str, list[Any]]) -> dict[str, Any]:
+        import numpy as np
+        import pandas as pd
+
+        frame = pd.DataFrame({f["name"]: pd.Series(columns[f["name"]], dtype=object if f["kind"] == "categorical"
+                                                   else float) for f in self.schema["features"]})
+        for f in self.schema["features"]:
+            if f["kind"] == "categorical":
+                frame[f["name"]] = frame[f["name"]].where(frame[f["name"]].notna(), np.nan)
+        result: dict[str, Any] = {"predictions": np.asarray(self.model.predict(frame)).tolist()}
+        if self.schema["task"] != "regression" and hasattr(self.model, "predict_proba"):
+            result["classes"] = self.schema.get("classes")
+            result["probabilities"] = np.asarray(self.model.predict_proba(frame)).tolist()
+        return result
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One servable version: its card, runner and pre-rendered documents."""
+
+    name: str
+    version: str
+    card: dict[str, Any]
+    runner: OnnxRunner | JoblibRunner
+    card_json: bytes
+    openapi_json: bytes
+
+    @property
+    def format(self) -> str:
+        return self.runner.format
+
+
+def load(directory: Path, *, allow_version_mismatch: bool = False, max_rows: int = 10_000) -> Loaded:
+    """Load the version in ``directory``: verify every byte against its card, build, warm up."""
+    raw = (directory / CARD_FILE).read_bytes()
+    card = parse_card(raw, str(directory / CARD_FILE))
+    schema = card["input_schema"]
+    onnx = card["artefacts"].get("onnx")
+    if onnx is not None:
+        data = (directory / onnx["file"]).read_bytes()
+        if artefacts.sha256_bytes(data) != onnx["sha256"]:  # checked on the very bytes we load
+            raise IntegrityError(str(directory / onnx["file"]), "sha256 does not match the card",
+                                 "refusing it; restore the release with `shelf get`")
+        runner: OnnxRunner | JoblibRunner = OnnxRunner(data, schema)
+    else:
+        rec = card["artefacts"]["model"]
+        model = artefacts.load_verified(directory / rec["file"], rec["sha256"],
+                                        sklearn_version=card["dependencies"].get("scikit-learn"),
+                                        allow_version_mismatch=allow_version_mismatch, label="the card's")
+        runner = JoblibRunner(model, schema)
+    runner.predict(example_columns(schema))  # warm up before anyone depends on it
+    return Loaded(card["name"], str(card["version"]), card, runner, json.dumps(card).encode(),
+                  json.dumps(openapi(card, max_rows)).encode())
+
+
+def example_columns(schema: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """One plausible row: zeros, and each categorical's first known category."""
+    out: dict[str, list[Any]] = {}
+    for f in schema["features"]:
+        if f["kind"] == "numeric":
+            out[f["name"]] = [0.0]
+        else:
+            cats = f.get("categories") or [None]
+            out[f["name"]] = [cats[0]]
+    return out
+
+
+def json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
