@@ -39,7 +39,8 @@ def build_card(*, name: str, version: str, bump: str, trained_at: str, dataset: 
                pipeline: list[str], hyperparams: Mapping[str, Any], metrics: Mapping[str, Any],
                gate: Mapping[str, Any], input_schema: Mapping[str, Any],
                artefacts: Mapping[str, Any], git: Mapping[str, Any],
-               onnx: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               onnx: Mapping[str, Any] | None = None,
+               profile: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Assemble a card; every field is JSON-safe."""
     return {
         "schema_version": SCHEMA_VERSION,
@@ -58,6 +59,7 @@ def build_card(*, name: str, version: str, bump: str, trained_at: str, dataset: 
         "input_schema": dict(input_schema),
         "artefacts": dict(artefacts),
         "onnx": dict(onnx or {"produced": False, "reason": "not attempted"}),
+        "profile": dict(profile or {}),
         "git": dict(git),
     }
 

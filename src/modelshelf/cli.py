@@ -36,7 +36,7 @@ def cmd_init(a: argparse.Namespace) -> int:
 def cmd_prepare(a: argparse.Namespace) -> int:
     from modelshelf.stages import prepare
 
-    info = prepare(a.params, a.raw, a.out)
+    info = prepare(a.params, a.raw, a.out, a.profile)
     print(f"prepare: {info['source']}: {info['rows']} rows ({info['train_rows']} train, "
           f"{info['test_rows']} test), task {info['task']}, sha256 {info['sha256'][:12]}")
     return 0
@@ -86,7 +86,7 @@ def cmd_gate(a: argparse.Namespace) -> int:
 def cmd_serialise(a: argparse.Namespace) -> int:
     from modelshelf.stages import serialise
 
-    done = serialise(a.params, a.prepared, a.candidate, a.metrics, a.gate, a.out)
+    done = serialise(a.params, a.prepared, a.candidate, a.metrics, a.gate, a.out, a.profile)
     c = done.card
     print(f"serialise: {c['name']} v{c['version']} ({c['version_bump']}) → {done.model_path} "
           f"sha256 {c['artefacts']['model']['sha256'][:12]}, card {done.card_path}")
@@ -199,6 +199,25 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
     done = predict_csv(a.model, a.input, a.out, allow_version_mismatch=a.allow_version_mismatch)
     print(f"scored {done.rows} rows with v{done.version} → {done.output}")
+    return 0
+
+
+def cmd_drift(a: argparse.Namespace) -> int:
+    from modelshelf.drift import check
+    from modelshelf.errors import DriftDetected, SchemaBreak
+
+    rep = check(".", a.data, a.model, predictions=not a.no_predictions)
+    if a.json:
+        print(json.dumps(rep.to_json(), indent=2))
+    else:
+        print(rep.markdown(), end="")
+    verdict = rep.result.verdict
+    if verdict == "schema break":
+        raise SchemaBreak(str(a.data), "; ".join(rep.result.schema_problems),
+                          "fix the data or retrain on the new schema")
+    if verdict == "drift":
+        raise DriftDetected(str(a.data), f"drift in {', '.join(rep.result.drifted()) or 'predictions'}",
+                            "retrain on the new data: `dvc repro`, then review with `shelf report`")
     return 0
 
 
@@ -333,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=_p, required=True)
     p.add_argument("--raw", type=_p, required=True, help="raw-data directory (the stage's dependency)")
     p.add_argument("--out", type=_p, required=True)
+    p.add_argument("--profile", type=_p, help="where to write the training data's reference profile")
 
     p = add("train", cmd_train, "stage: fit the candidate")
     p.add_argument("--params", type=_p, required=True)
@@ -355,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("serialise", cmd_serialise, "stage: write the gated model and its card")
     for opt in ("params", "prepared", "candidate", "metrics", "gate", "out"):
         p.add_argument(f"--{opt}", type=_p, required=True)
+    p.add_argument("--profile", type=_p, help="the reference profile the card should point to")
 
     p = add("verify", cmd_verify, "check a model's sha256 and library versions against its card")
     p.add_argument("path", nargs="?", type=_p, help="card or directory (default: the dvc.yaml model's)")
@@ -387,6 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="latest", help="vX.Y.Z, latest, a stage or a directory")
     p.add_argument("-o", "--out", type=_p, required=True)
     p.add_argument("--allow-version-mismatch", action="store_true")
+
+    p = add("drift", cmd_drift, "compare new data with the training profile (exit 0 none, 9 drift, 10 schema break)")
+    p.add_argument("data", type=_p, help="a CSV of new data")
+    p.add_argument("--model", help="vX.Y.Z, latest or a stage (default: the workspace model)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--md", action="store_true", help="markdown (the default output)")
+    fmt.add_argument("--json", action="store_true")
+    p.add_argument("--no-predictions", action="store_true", help="skip prediction drift")
 
     def pushable(p: argparse.ArgumentParser) -> None:
         p.add_argument("--push", action="store_true", help="push the tag to the git remote (atomically)")

@@ -72,8 +72,20 @@ class RemoteError(ShelfError):
     exit_code = 8
 
 
+class DriftDetected(ShelfError):
+    """New data has drifted from the training profile."""
+
+    exit_code = 9
+
+
+class SchemaBreak(ShelfError):
+    """New data no longer fits the model's input schema (missing, new or retyped columns)."""
+
+    exit_code = 10
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (ShelfError, ConfigError, DataError, GateFailed, IntegrityError,
-                VersionMismatchError, GitError, ReleaseRefused, RemoteError)
+                VersionMismatchError, GitError, ReleaseRefused, RemoteError, DriftDetected, SchemaBreak)
 }

@@ -62,12 +62,20 @@ class ReleaseParams:
 
 
 @dataclass(frozen=True)
+class DriftParams:
+    psi_warn: float = 0.1
+    psi_alert: float = 0.25
+    p_value: float = 0.01
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = DataParams()
     train: TrainParams = TrainParams()
     gate: GateParams = GateParams()
     serialise: SerialiseParams = SerialiseParams()
     release: ReleaseParams = ReleaseParams()
+    drift: DriftParams = DriftParams()
 
 
 def suggest(word: str, choices: list[str] | tuple[str, ...], noun: str = "valid keys") -> str:
@@ -155,7 +163,7 @@ class _Reader:
 def parse_params(raw: Any, file: str = "params.yaml") -> Params:
     """Validate a raw params mapping into a frozen :class:`Params`."""
     r = _Reader(file)
-    top = r.section(raw, "", ("data", "train", "gate", "serialise", "release"))
+    top = r.section(raw, "", ("data", "train", "gate", "serialise", "release", "drift"))
 
     d = r.section(top.get("data"), "data", tuple(DataParams.__dataclass_fields__))
     dd = DataParams()
@@ -206,7 +214,17 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
                          suggest(stage, stages, "stages"))
     release = ReleaseParams(bump=r.string(rel.get("bump", "auto"), "release.bump", BUMPS),
                             stages=stages, protected_stages=protected)
-    return Params(data=data, train=train, gate=gate, serialise=serialise, release=release)
+    dr_raw = r.section(top.get("drift"), "drift", tuple(DriftParams.__dataclass_fields__))
+    dd = DriftParams()
+    drift = DriftParams(
+        psi_warn=float(r.number(dr_raw.get("psi_warn", dd.psi_warn), "drift.psi_warn", low=0)),
+        psi_alert=float(r.number(dr_raw.get("psi_alert", dd.psi_alert), "drift.psi_alert", low=0)),
+        p_value=float(r.number(dr_raw.get("p_value", dd.p_value), "drift.p_value", low=0, high=1)),
+    )
+    if drift.psi_alert < drift.psi_warn:
+        raise r.fail("drift.psi_alert", f"{drift.psi_alert} is below drift.psi_warn {drift.psi_warn}",
+                     "the alert level must be at least the warning level")
+    return Params(data=data, train=train, gate=gate, serialise=serialise, release=release, drift=drift)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -49,13 +50,20 @@ def _replace_dir(build: Path, out: Path) -> None:
 
 
 def _staging(out: Path) -> Path:
+    """A fresh sibling directory to build ``out`` in, with a plain directory's mode."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.new.", dir=out.parent))
+    build = Path(tempfile.mkdtemp(prefix=f".{out.name}.new.", dir=out.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    build.chmod(0o777 & ~mask)  # mkdtemp makes 0700
+    return build
 
 
-def prepare(params_path: Path, raw: Path, out: Path) -> dict[str, Any]:
-    """Validate and split ``data.source``; write train/test CSVs, schema and dataset info."""
+def prepare(params_path: Path, raw: Path, out: Path, profile_path: Path | None = None) -> dict[str, Any]:
+    """Validate and split ``data.source``; write train/test CSVs, schema, dataset info and the
+    training split's reference profile (for drift checks)."""
     from modelshelf import data
+    from modelshelf import profile as profiles
 
     params = load_params(params_path).data
     root = params_path.resolve().parent
@@ -79,6 +87,8 @@ def prepare(params_path: Path, raw: Path, out: Path) -> dict[str, Any]:
         test.to_csv(build / "test.csv", index=False)
         artefacts.write_json(build / SCHEMA_FILE, schema)
         artefacts.write_json(build / DATASET_FILE, info)
+        if profile_path is not None:
+            artefacts.write_json(profile_path, profiles.build(train, schema))
         _replace_dir(build, out)
     finally:
         shutil.rmtree(build, ignore_errors=True)
@@ -182,7 +192,7 @@ class Serialised:
 
 
 def serialise(params_path: Path, prepared: Path, candidate: Path, metrics_path: Path,
-              gate_path: Path, out: Path) -> Serialised:
+              gate_path: Path, out: Path, profile_path: Path | None = None) -> Serialised:
     """Write the gated model and its card, atomically; refuse a failed or stale gate."""
     from modelshelf import project, tags
 
@@ -211,7 +221,7 @@ def serialise(params_path: Path, prepared: Path, candidate: Path, metrics_path: 
     changed = schema_changed(base_card.get("input_schema") if base_card else None, schema)
     version, why = tags.next_version(latest, params.release.bump, changed)
 
-    onnx_record = _export_onnx(params, prepared, candidate, schema, out / ONNX_DIR)
+    onnx_record, predictions = _export_onnx(params, prepared, candidate, schema, out / ONNX_DIR)
     artefacts.copy_verified(candidate / CANDIDATE_MODEL, model_path, info["sha256"])
     ignore = ("dvc.lock", *(repo.relpath(p) for p in (metrics_path, gate_path, out)),
               repo.relpath(metrics_path.parent))
@@ -228,6 +238,7 @@ def serialise(params_path: Path, prepared: Path, candidate: Path, metrics_path: 
                                                                       "compress": info.get("compress")},
                    **({"onnx": onnx_record["artefact"]} if "artefact" in onnx_record else {})},
         onnx=onnx_record["summary"],
+        profile=_profile_record(repo, profile_path, predictions, schema["task"]),
         git={"commit": repo.head(), "dirty": repo.is_dirty(ignore)},
     )
     artefacts.write_json(card_path, card)
@@ -235,27 +246,39 @@ def serialise(params_path: Path, prepared: Path, candidate: Path, metrics_path: 
 
 
 def _export_onnx(params: Any, prepared: Path, candidate: Path, schema: dict[str, Any],
-                 onnx_dir: Path) -> dict[str, Any]:
-    """Export and parity-check the ONNX copy into ``onnx_dir`` (emptied first); the card's records."""
-    from modelshelf import onnxcopy
+                 onnx_dir: Path) -> tuple[dict[str, Any], Any]:
+    """Export and parity-check the ONNX copy into ``onnx_dir`` (emptied first).
+
+    Returns the card's records and the candidate's held-out predictions.
+    """
+    from modelshelf import data, onnxcopy
 
     if onnx_dir.exists():
         shutil.rmtree(onnx_dir)
     onnx_dir.mkdir(parents=True)
-    if not params.serialise.onnx:
-        return {"summary": {"produced": False, "reason": "disabled by serialise.onnx"}}
-    from modelshelf import data
-
     model, _ = load_candidate(candidate)
     X, y = data.read_split(prepared / "test.csv", schema)
+    predictions = model.predict(X)
+    if not params.serialise.onnx:
+        return {"summary": {"produced": False, "reason": "disabled by serialise.onnx"}}, predictions
     result = onnxcopy.export(model, schema, X, y, regression_tolerance=params.serialise.onnx_tolerance)
     if result.data is None:
-        return {"summary": {"produced": False, "reason": result.reason, "parity": result.parity}}
+        return {"summary": {"produced": False, "reason": result.reason, "parity": result.parity}}, predictions
     path = onnx_dir / onnxcopy.ONNX_FILE
     with artefacts.atomic_output(path, "wb") as fh:
         fh.write(result.data)
     record = artefacts.file_record(path, onnx_dir.parent) | {"format": "onnx", "parity": result.parity}
-    return {"artefact": record, "summary": {"produced": True, "parity": result.parity}}
+    return {"artefact": record, "summary": {"produced": True, "parity": result.parity}}, predictions
+
+
+def _profile_record(repo: GitRepo, profile_path: Path | None, predictions: Any, task: str) -> dict[str, Any]:
+    """Where the training profile is (and its sha256), and the held-out predictions' profile."""
+    from modelshelf import profile as profiles
+
+    record: dict[str, Any] = {"predictions": profiles.prediction_profile(predictions, task)}
+    if profile_path is not None and profile_path.is_file():
+        record |= {"file": repo.relpath(profile_path), "sha256": artefacts.sha256_file(profile_path)}
+    return record
 
 
 def _baseline_card(repo: GitRepo, rev: str, path: str) -> dict[str, Any] | None:

@@ -1,0 +1,146 @@
+"""``shelf drift``: new data against the training profile of the workspace model or a release."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from modelshelf import artefacts
+from modelshelf.card import CARD_FILE, read_card
+from modelshelf.errors import DataError, IntegrityError
+from modelshelf.profile import DriftResult, Thresholds, compare
+
+
+@dataclass(frozen=True)
+class Reference:
+    version: str
+    card: dict[str, Any]
+    profile: dict[str, Any]
+    spec: str | None
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    reference: Reference
+    source: str
+    result: DriftResult
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.result
+        row = lambda f: {"feature": f.name, "kind": f.kind, "psi": _finite(f.psi), "test": f.test,  # noqa: E731
+                         "statistic": _finite(f.statistic), "p_value": _finite(f.p_value),
+                         "missing_ref": f.missing_ref, "missing_new": f.missing_new, "level": f.level}
+        return {"verdict": r.verdict, "version": self.reference.version, "data": self.source, "rows": r.rows,
+                "schema_problems": list(r.schema_problems), "drifted": r.drifted(),
+                "thresholds": vars(r.thresholds), "features": [row(f) for f in r.features],
+                "predictions": row(r.prediction) if r.prediction else None}
+
+    def markdown(self) -> str:
+        r = self.result
+        mark = {"no drift": "✓ no drift", "drift": "✗ drift", "schema break": "✗ schema break"}[r.verdict]
+        lines = [f"### modelshelf drift: {mark} — {self.source} ({r.rows} rows) against v{self.reference.version}", ""]
+        if r.schema_problems:
+            lines += [f"- {p}" for p in r.schema_problems]
+            return "\n".join(lines) + "\n"
+        lines += ["| feature | kind | PSI | test | statistic | p-value | missing (train → new) | |",
+                  "|---|---|---:|---|---:|---:|---:|:-:|"]
+        rows = sorted(r.features, key=lambda f: -f.psi)
+        if r.prediction:
+            rows = [r.prediction, *rows]
+        icon = {"ok": "✓", "warn": "!", "drift": "✗"}
+        for f in rows:
+            lines.append(f"| {f.name} | {f.kind} | {f.psi:.3f} | {f.test} | {f.statistic:.3g} | {f.p_value:.2g} "
+                         f"| {f.missing_ref:.1%} → {f.missing_new:.1%} | {icon[f.level]} |")
+        if r.drifted():
+            lines += ["", "**Drifted:** " + ", ".join(r.drifted())]
+        return "\n".join(lines) + "\n"
+
+
+def reference(start: str | Path, spec: str | None) -> Reference:
+    """The card and verified training profile of the workspace model (``spec`` None) or a release."""
+    from modelshelf.registry import Workspace, open_registry
+
+    ws = Workspace.open(start)
+    if spec is None:
+        card = read_card(ws.repo.root / ws.card)
+        rec = card.get("profile", {})
+        if "file" not in rec:
+            raise IntegrityError(ws.card, "the card records no training profile",
+                                 "rerun `dvc repro` with a modelshelf that writes data/profile.json")
+        path = ws.repo.root / rec["file"]
+        raw = path.read_bytes() if path.is_file() else None
+    else:
+        rel = open_registry(ws).find(spec)
+        if rel.card is None or "file" not in rel.card.get("profile", {}):
+            raise IntegrityError(rel.tag, "this release records no training profile", "check a newer release")
+        card, rec = rel.card, rel.card["profile"]
+        raw = ws.repo.show(rel.tag, rec["file"])
+    if raw is None:
+        raise IntegrityError(rec["file"], "the training profile is missing", "restore it with git")
+    if artefacts.sha256_bytes(raw) != rec["sha256"]:
+        raise IntegrityError(rec["file"], "sha256 differs from the card's", "restore it with `git checkout`")
+    return Reference(str(card["version"]), card, json.loads(raw), spec)
+
+
+def check(start: str | Path, source: Path, spec: str | None = None, *,
+          thresholds: Thresholds | None = None, predictions: bool = True) -> DriftReport:
+    """Compare the CSV ``source`` with the reference of ``spec`` (default: the workspace model)."""
+    import pandas as pd
+
+    from modelshelf.params import load_params
+    from modelshelf.project import find_root
+
+    ref = reference(start, spec)
+    schema = ref.card["input_schema"]
+    if thresholds is None:
+        d = load_params(find_root(start) / "params.yaml").drift
+        thresholds = Thresholds(d.psi_warn, d.psi_alert, d.p_value)
+    cats = {f["name"]: object for f in schema["features"] if f["kind"] == "categorical"}
+    try:
+        frame = pd.read_csv(source, dtype=cats)
+    except FileNotFoundError:
+        raise DataError(str(source), "file not found", "check the path") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(str(source), f"not a readable CSV ({type(exc).__name__})", "fix the file") from None
+    preds = None
+    pred_profile = ref.card.get("profile", {}).get("predictions")
+    if predictions and pred_profile is not None and all(f["name"] in frame.columns for f in schema["features"]):
+        preds = _predict(start, ref, frame)
+    result = compare(ref.profile, schema, frame, thresholds, preds, pred_profile)
+    return DriftReport(ref, str(source), result)
+
+
+def _predict(start: str | Path, ref: Reference, frame: Any) -> Any:
+    """The reference model's predictions on ``frame``, through the verified serving runner."""
+    import pandas as pd
+
+    from modelshelf.model import resolve
+    from modelshelf.registry import Workspace
+    from modelshelf.serve.runner import load
+
+    if ref.spec is None:
+        ws = Workspace.open(start)
+        directory = ws.repo.root / PurePosixPath(ws.card).parent
+    else:
+        directory = resolve(ref.spec, start)
+    if not (directory / CARD_FILE).is_file():
+        return None
+    loaded = load(directory)
+    columns = {}
+    for f in ref.card["input_schema"]["features"]:
+        col = frame[f["name"]]
+        if f["kind"] == "numeric":
+            if not pd.api.types.is_numeric_dtype(col):
+                return None
+            columns[f["name"]] = col.to_numpy(dtype=float)
+        else:
+            columns[f["name"]] = col.to_numpy(dtype=object)
+    return loaded.runner.predict(columns)["predictions"]
+
+
+def _finite(v: float) -> float | None:
+    import math
+
+    return v if math.isfinite(v) else None

@@ -1,0 +1,242 @@
+"""The reference profile of training data, and drift of new data against it.
+
+The profile (a small JSON file, git-tracked) holds per-feature quantiles, bin shares,
+category shares and missing rates, and the label distribution, so any release can be
+checked against new data without its training set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SCHEMA_VERSION = 1
+N_BINS = 10
+N_QUANTILES = 101
+MAX_CATEGORIES = 200
+OTHER = "__other__"
+EPS = 1e-4
+
+
+# Decile bins over the 102 intervals the 101 percentiles cut: <= q10, (q10, q20], …, > q90.
+_DECILES = (0, 11, 21, 31, 41, 51, 61, 71, 81, 91, N_QUANTILES + 1)
+
+
+def _percentile_counts(present: Any, quantiles: Any) -> Any:
+    """Counts of values in each interval the percentiles cut: one binary search per value."""
+    import numpy as np
+
+    return np.bincount(np.searchsorted(quantiles, present, side="left"), minlength=len(quantiles) + 1)
+
+
+def _decile_shares(counts: Any) -> Any:
+    import numpy as np
+
+    sums = np.add.reduceat(counts, _DECILES[:-1])
+    return sums / max(counts.sum(), 1)
+
+
+def _numeric_profile(values: Any) -> dict[str, Any]:
+    import numpy as np
+
+    x = np.asarray(values, dtype=float)
+    present = x[~np.isnan(x)]
+    if present.size == 0:
+        return {"kind": "numeric", "missing": 1.0, "rows": int(x.size)}
+    quantiles = np.quantile(present, np.linspace(0, 1, N_QUANTILES))
+    shares = _decile_shares(_percentile_counts(present, quantiles))
+    return {"kind": "numeric", "rows": int(x.size), "missing": float(1 - present.size / x.size),
+            "mean": float(present.mean()), "std": float(present.std()),
+            "min": float(present.min()), "max": float(present.max()),
+            "shares": shares.tolist(), "quantiles": quantiles.tolist()}
+
+
+def _categorical_profile(values: Any) -> dict[str, Any]:
+    import pandas as pd
+
+    s = pd.Series(values, dtype=object)
+    present = s.dropna().astype(str)
+    counts = present.value_counts()
+    top = counts.iloc[:MAX_CATEGORIES]
+    shares = {str(k): float(v / max(len(present), 1)) for k, v in top.items()}
+    rest = float(counts.iloc[MAX_CATEGORIES:].sum() / max(len(present), 1))
+    if rest:
+        shares[OTHER] = rest
+    return {"kind": "categorical", "rows": int(len(s)), "missing": float(1 - len(present) / max(len(s), 1)),
+            "shares": shares}
+
+
+def build(frame: pd.DataFrame, schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The profile of ``frame`` (features and target) under ``schema``."""
+    features = {}
+    for f in schema["features"]:
+        col = frame[f["name"]]
+        features[f["name"]] = (_numeric_profile(col.to_numpy(dtype=float)) if f["kind"] == "numeric"
+                               else _categorical_profile(col))
+    target = schema["target"]["name"]
+    label = (_numeric_profile(frame[target].to_numpy(dtype=float)) if schema["task"] == "regression"
+             else _categorical_profile(frame[target].astype(str)))
+    return {"schema_version": SCHEMA_VERSION, "rows": int(len(frame)), "features": features, "label": label}
+
+
+# --- drift ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    psi_warn: float = 0.1
+    psi_alert: float = 0.25
+    p_value: float = 0.01
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    name: str
+    kind: str
+    psi: float
+    test: str
+    statistic: float
+    p_value: float
+    missing_ref: float
+    missing_new: float
+    level: str  # "ok", "warn", "drift"
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    rows: int
+    features: tuple[FeatureDrift, ...]
+    schema_problems: tuple[str, ...] = ()
+    prediction: FeatureDrift | None = None
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    @property
+    def verdict(self) -> str:
+        if self.schema_problems:
+            return "schema break"
+        levels = [f.level for f in self.features] + ([self.prediction.level] if self.prediction else [])
+        return "drift" if "drift" in levels else "no drift"
+
+    def drifted(self) -> list[str]:
+        return [f.name for f in self.features if f.level == "drift"]
+
+
+def _psi(ref: Any, new: Any) -> float:
+    import numpy as np
+
+    p = np.clip(np.asarray(ref, dtype=float), EPS, None)
+    q = np.clip(np.asarray(new, dtype=float), EPS, None)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def _numeric_drift(name: str, ref: Mapping[str, Any], values: Any, th: Thresholds,
+                   n_tests: int) -> FeatureDrift:
+    import numpy as np
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    present = x[~np.isnan(x)]
+    missing_new = float(1 - present.size / max(x.size, 1))
+    if present.size == 0 or "quantiles" not in ref:
+        return FeatureDrift(name, "numeric", math.inf if present.size == 0 else 0.0, "ks", 1.0, 0.0,
+                            ref.get("missing", 0.0), missing_new, "drift")
+    q = np.asarray(ref["quantiles"])
+    counts = _percentile_counts(present, q)
+    psi = _psi(ref["shares"], _decile_shares(counts))
+    # KS statistic at the reference's percentiles: F_new(q_j) against F_ref(q_j) = j/100.
+    f_new = np.cumsum(counts)[: len(q)] / present.size
+    f_ref = np.linspace(0, 1, len(q))
+    d = float(np.max(np.abs(f_new - f_ref)))
+    n_ref = max(int(ref["rows"] * (1 - ref.get("missing", 0.0))), 1)
+    n_eff = present.size * n_ref / (present.size + n_ref)
+    p = float(stats.kstwo.sf(d, max(int(round(n_eff)), 1)))
+    return FeatureDrift(name, "numeric", psi, "ks", d, p, ref.get("missing", 0.0), missing_new,
+                        _level(psi, p, th, n_tests))
+
+
+def _categorical_drift(name: str, ref: Mapping[str, Any], values: Any, th: Thresholds,
+                       n_tests: int) -> FeatureDrift:
+    import numpy as np
+    import pandas as pd
+    from scipy import stats
+
+    s = pd.Series(values, dtype=object)
+    present = s.dropna().astype(str)
+    missing_new = float(1 - len(present) / max(len(s), 1))
+    known = list(ref["shares"])
+    mapped = present.where(present.isin(known), OTHER)
+    counts = mapped.value_counts()
+    cats = known + ([OTHER] if OTHER not in known and OTHER in counts.index else [])
+    observed = np.array([counts.get(c, 0) for c in cats], dtype=float)
+    expected_share = np.array([ref["shares"].get(c, 0.0) for c in cats], dtype=float)
+    n = observed.sum()
+    if n == 0:
+        return FeatureDrift(name, "categorical", math.inf, "chi2", 0.0, 0.0,
+                            ref.get("missing", 0.0), missing_new, "drift")
+    psi = _psi(expected_share, observed / n)
+    expected = np.clip(expected_share, EPS, None)
+    expected = expected / expected.sum() * n
+    chi2, p = stats.chisquare(observed, expected)
+    return FeatureDrift(name, "categorical", psi, "chi2", float(chi2), float(p), ref.get("missing", 0.0),
+                        missing_new, _level(psi, float(p), th, n_tests))
+
+
+def _level(psi: float, p: float, th: Thresholds, n_tests: int) -> str:
+    # A test alone over many features raises false alarms; it only confirms a PSI warning,
+    # and at a Bonferroni-corrected level.
+    if psi >= th.psi_alert or (psi >= th.psi_warn and p < th.p_value / max(n_tests, 1)):
+        return "drift"
+    return "warn" if psi >= th.psi_warn else "ok"
+
+
+def compare(profile: Mapping[str, Any], schema: Mapping[str, Any], frame: pd.DataFrame,
+            thresholds: Thresholds, predictions: Any = None,
+            prediction_profile: Mapping[str, Any] | None = None) -> DriftResult:
+    """Drift of ``frame`` against ``profile``; schema problems are reported, never raised."""
+    problems = []
+    names = [f["name"] for f in schema["features"]]
+    for n in names:
+        if n not in frame.columns:
+            problems.append(f"missing column '{n}'")
+    target = schema["target"]["name"]
+    for c in frame.columns:
+        if c not in names and c != target:
+            problems.append(f"new column '{c}'")
+    import pandas as pd
+
+    for f in schema["features"]:
+        if f["kind"] == "numeric" and f["name"] in frame.columns:
+            col = frame[f["name"]]
+            if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+                problems.append(f"column '{f['name']}' is no longer numeric")
+    if problems:
+        return DriftResult(len(frame), (), tuple(problems), thresholds=thresholds)
+    n_tests = len(names)
+    results = []
+    for f in schema["features"]:
+        ref = profile["features"][f["name"]]
+        col = frame[f["name"]]
+        if f["kind"] == "numeric":
+            results.append(_numeric_drift(f["name"], ref, col.to_numpy(dtype=float), thresholds, n_tests))
+        else:
+            results.append(_categorical_drift(f["name"], ref, col, thresholds, n_tests))
+    pred = None
+    if predictions is not None and prediction_profile is not None:
+        if prediction_profile["kind"] == "numeric":
+            pred = _numeric_drift("(predictions)", prediction_profile, predictions, thresholds, 1)
+        else:
+            pred = _categorical_drift("(predictions)", prediction_profile,
+                                      [str(v) for v in predictions], thresholds, 1)
+    return DriftResult(len(frame), tuple(results), (), pred, thresholds)
+
+
+def prediction_profile(predictions: Any, task: str) -> dict[str, Any]:
+    """The held-out predictions' distribution, for prediction drift."""
+    if task == "regression":
+        return _numeric_profile(predictions)
+    return _categorical_profile([str(v) for v in predictions])
