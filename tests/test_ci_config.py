@@ -22,7 +22,7 @@ def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_there_are_the_two_workflows() -> None:
-    assert {p.name for p in WORKFLOWS} == {"model-report.yml", "release.yml"}
+    assert {p.name for p in WORKFLOWS} == {"drift.yml", "model-report.yml", "release.yml"}
 
 
 def test_workflows_match_the_github_schema() -> None:

@@ -206,6 +206,18 @@ def cmd_drift(a: argparse.Namespace) -> int:
     from modelshelf.drift import check
     from modelshelf.errors import DriftDetected, SchemaBreak
 
+    if a.data is None:  # the newest data: what params.yaml trains on
+        from modelshelf.params import load_params
+        from modelshelf.project import find_root
+
+        root = find_root()
+        source = load_params(root / "params.yaml").data.source
+        if source.startswith("builtin:"):
+            from modelshelf.errors import ConfigError
+
+            raise ConfigError("params.yaml: data.source", f"{source} is built in: there is no new data",
+                              "pass a CSV: `shelf drift NEW.csv`")
+        a.data = root / source
     rep = check(".", a.data, a.model, predictions=not a.no_predictions)
     if a.json:
         print(json.dumps(rep.to_json(), indent=2))
@@ -410,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-version-mismatch", action="store_true")
 
     p = add("drift", cmd_drift, "compare new data with the training profile (exit 0 none, 9 drift, 10 schema break)")
-    p.add_argument("data", type=_p, help="a CSV of new data")
+    p.add_argument("data", type=_p, nargs="?", help="a CSV of new data (default: data.source in params.yaml)")
     p.add_argument("--model", help="vX.Y.Z, latest or a stage (default: the workspace model)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--md", action="store_true", help="markdown (the default output)")
