@@ -22,13 +22,18 @@ def dvc(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def last_line(proc: subprocess.CompletedProcess[str]) -> str:
-    lines = [ln for ln in (proc.stderr + proc.stdout).strip().splitlines() if ln.strip()]
-    return lines[-1].removeprefix("ERROR: ").strip() if lines else f"exit {proc.returncode}"
+    """DVC's own reason for a failure: its last ``ERROR:`` line, never the support footer."""
+    lines = [ln.strip() for ln in (proc.stderr + "\n" + proc.stdout).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("ERROR:")]
+    if errors:
+        return errors[-1].removeprefix("ERROR:").strip()
+    lines = [ln for ln in lines if "dvc.org/support" not in ln]
+    return lines[-1] if lines else f"exit {proc.returncode}"
 
 
 def push(root: Path, remote: str | None = None) -> None:
     """``dvc push`` every output of the pipeline; RemoteError when it fails."""
-    args = ["push", "-q", *(["-r", remote] if remote else [])]
+    args = ["push", *(["-r", remote] if remote else [])]  # not -q: it hides DVC's ERROR line
     proc = dvc(root, *args)
     if proc.returncode != 0:
         raise RemoteError("dvc push", last_line(proc),
