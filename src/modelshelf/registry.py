@@ -197,9 +197,12 @@ def _check_releasable(ws: Workspace) -> dict[str, Any]:
 
 def _tag_message(ws: Workspace, version: SemVer, card: dict[str, Any]) -> str:
     lines = [tags.release_message(ws.name, version), ""]
+    def num(v: Any) -> str:
+        return "none" if v is None else f"{v:.6g}"
+
     for metric, check in card.get("gate", {}).get("checks", {}).items():
-        lines.append(f"{metric}: {check.get('value')} (threshold {check.get('threshold')}, "
-                     f"baseline {check.get('baseline')}, {'passed' if check.get('passed') else 'failed'})")
+        lines.append(f"{metric}: {num(check.get('value'))} (threshold {num(check.get('threshold'))}, "
+                     f"baseline {num(check.get('baseline'))}, {'passed' if check.get('passed') else 'failed'})")
     base = card.get("gate", {}).get("baseline", {})
     lines.append(f"gate: passed; baseline {base.get('rev')} {base.get('commit') or '(none)'}")
     lines.append(f"model-sha256: {card['artefacts']['model']['sha256']}")
