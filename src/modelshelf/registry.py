@@ -197,6 +197,7 @@ def _check_releasable(ws: Workspace) -> dict[str, Any]:
 
 def _tag_message(ws: Workspace, version: SemVer, card: dict[str, Any]) -> str:
     lines = [tags.release_message(ws.name, version), ""]
+
     def num(v: Any) -> str:
         return "none" if v is None else f"{v:.6g}"
 
