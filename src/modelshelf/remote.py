@@ -115,9 +115,12 @@ def restore(root: Path, rev: str, path: str, dest: Path, sha256: str, md5: str |
     """
     if md5:
         cached = cache_file(root, md5)
-        if cached.is_file() and artefacts.sha256_file(cached) == sha256:
-            artefacts.copy_verified(cached, dest, sha256)
-            return "cache"
+        if cached.is_file():
+            if artefacts.sha256_file(cached) == sha256:
+                artefacts.copy_verified(cached, dest, sha256)
+                return "cache"
+            # A corrupt cache object would be served again by dvc.api: drop it, fetch the remote's.
+            cached.unlink()
     import hashlib
 
     import dvc.api

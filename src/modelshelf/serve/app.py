@@ -60,6 +60,8 @@ class App:
         await send({"type": "http.response.body", "body": body})
         known = path if path in ("/predict", "/health", "/ready", "/model", "/metrics", "/openapi.json",
                                  "/admin/reload", "/ping") else "other"
+        if known == "/predict" and method != "POST":
+            known = "other"
         self.metrics.observe(known, status, time.perf_counter() - start, rows)
 
     async def _read(self, receive: Receive) -> bytes:
@@ -115,8 +117,8 @@ class App:
             await self._read(receive)
             if not self.admin_token:
                 return 403, b'{"error":"admin endpoint disabled: start with an admin token"}', JSON
-            given = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
-            if not hmac.compare_digest(given, f"Bearer {self.admin_token}"):
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(given, b"Bearer " + self.admin_token.encode()):
                 return 401, b'{"error":"missing or wrong bearer token"}', JSON
             outcome = await self.reload_hook() if self.reload_hook else "no reload hook"
             return 200, json.dumps({"result": outcome, "version": h.current.version if h.current else None,

@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from typing import Any
 
 
+FLOAT32_MAX = 3.4e38  # a little below float32's largest finite value
+
+
 class BadRequest(Exception):
     """A 4xx answer: ``status`` and a JSON body ``{"error": message, "field": field}``."""
 
@@ -40,8 +43,11 @@ def parse(body: bytes, schema: Mapping[str, Any], max_rows: int) -> tuple[dict[s
         if exc.args and exc.args[0] in ("NaN", "Infinity", "-Infinity"):
             raise BadRequest(422, f"{exc.args[0]} is not accepted: send null for a missing value") from None
         raise BadRequest(400, "the body is not valid JSON") from None
-    if not isinstance(data, dict) or ("rows" in data) == ("columns" in data):
-        raise BadRequest(400, 'send {"rows": [{feature: value, …}, …]} or {"columns": {feature: [values]}}')
+    except RecursionError:
+        raise BadRequest(400, "the body is nested too deeply") from None
+    if not isinstance(data, dict) or set(data) not in ({"rows"}, {"columns"}):
+        raise BadRequest(400, 'send {"rows": [{feature: value, …}, …]} or {"columns": {feature: [values]}}, '
+                         "and nothing else")
     names = [f["name"] for f in schema["features"]]
     kinds = {f["name"]: f["kind"] for f in schema["features"]}
     if "rows" in data:
@@ -92,7 +98,7 @@ def _value(v: Any, kind: str, field: str) -> Any:
     if kind == "numeric":
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise BadRequest(422, f"expected a number or null, got {type(v).__name__}", field)
-        if not -3.4e38 < v < 3.4e38:  # beyond float32, where the graph computes
+        if not -FLOAT32_MAX <= v <= FLOAT32_MAX:  # beyond float32, where the graph computes
             raise BadRequest(422, "number out of range", field)
         return v
     if not isinstance(v, str):
@@ -106,7 +112,8 @@ def openapi(card: Mapping[str, Any], max_rows: int) -> dict[str, Any]:
     props: dict[str, Any] = {}
     for f in schema["features"]:
         if f["kind"] == "numeric":
-            props[f["name"]] = {"type": "number", "nullable": True}
+            props[f["name"]] = {"type": "number", "nullable": True, "minimum": -FLOAT32_MAX,
+                                "maximum": FLOAT32_MAX}
         else:
             props[f["name"]] = {"type": "string", "nullable": True}
     names = [f["name"] for f in schema["features"]]
