@@ -43,8 +43,9 @@ class GitRepo:
                            "run `git init` (and `dvc init`) first")
         return cls(Path(proc.stdout.strip()))
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = _git(list(args), cwd=self.root)
+    def run(self, *args: str, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        proc = _git(list(args), cwd=self.root, env=env)
         if check and proc.returncode != 0:
             detail = proc.stderr.strip().splitlines()
             raise GitError(f"git {' '.join(args[:2])}", detail[-1] if detail else "failed",
@@ -130,8 +131,11 @@ def _parse_tag_line(line: str) -> TagRecord | None:
     return TagRecord(name, commit, int(ts or 0), date, tagger, email, subject)
 
 
-def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+def _git(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
     try:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False,
+                              env={**os.environ, **env} if env else None)
     except FileNotFoundError:
         raise GitError("git", "command not found", "install git") from None

@@ -82,6 +82,7 @@ class Registry:
     releases: tuple[Release, ...]          # ascending SemVer
     assignments: tuple[Assignment, ...]    # oldest first
     tag_names: tuple[str, ...] = field(default_factory=tuple)
+    last_event: int = 0   # newest tagger time among this model's tags (seconds)
 
     def find(self, spec: str) -> Release:
         """A release by ``vX.Y.Z``/``X.Y.Z``, ``latest`` (highest live version) or a stage name."""
@@ -107,11 +108,14 @@ class Registry:
         return [a for a in self.assignments if a.stage == stage]
 
     def holder(self, stage: str) -> Release | None:
-        history = self.stage_history(stage)
-        if not history or history[-1].version is None:
-            return None
-        want = history[-1].version
-        return next((r for r in self.releases if r.version == want), None)
+        """The version the newest assignment gave ``stage``, skipping deprecated ones (as GTO does)."""
+        live = {r.version: r for r in self.releases if not r.deprecated}
+        for a in reversed(self.stage_history(stage)):
+            if a.version is None:
+                return None  # unassigned
+            if a.version in live:
+                return live[a.version]
+        return None
 
 
 def open_registry(ws: Workspace) -> Registry:
@@ -132,7 +136,8 @@ def open_registry(ws: Workspace) -> Registry:
         key=lambda a: (a.timestamp, a.number))
     current: dict[str, SemVer | None] = {}
     for a in assignments:
-        current[a.stage] = a.version
+        if a.version is None or a.version not in deregistered:
+            current[a.stage] = a.version
     releases = []
     for (rec, t), raw in zip(rel, cards, strict=True):
         card = _card_or_none(raw, f"{rec.name}:{ws.card}")
@@ -140,7 +145,8 @@ def open_registry(ws: Workspace) -> Registry:
         releases.append(Release(ws.name, t.version, rec.name, rec.commit, rec.date,  # type: ignore[arg-type]
                                 rec.timestamp, rec.tagger, card, held, t.version in deregistered))
     releases.sort(key=lambda r: r.version)
-    return Registry(ws.name, tuple(releases), tuple(assignments), tuple(r.name for r in records))
+    return Registry(ws.name, tuple(releases), tuple(assignments), tuple(r.name for r in records),
+                    max((rec.timestamp for rec, _ in mine), default=0))
 
 
 def _assigned_version(rec: TagRecord, by_commit: dict[str, list[SemVer]]) -> SemVer | None:
@@ -225,14 +231,15 @@ def _renumber(ws: Workspace, card: dict[str, Any], taken: SemVer) -> SemVer:
     bump = str(card.get("version_bump", "minor")).split(":")[0]
     part = bump if bump in ("major", "minor", "patch") else "minor"
     new = taken.bump(part)
+    old = card["version"]
     card = {**card, "version": str(new),
-            "version_bump": f"{part}: renumbered from {card['version']} after v{taken} was released"}
+            "version_bump": f"{part}: renumbered from {old} after v{taken} was released"}
     artefacts.write_json(ws.repo.root / ws.card, card)
     proc = remote.dvc(ws.root, "commit", "-f", "-q", "serialise")
     if proc.returncode != 0:
         raise ReleaseRefused("dvc commit", remote.last_line(proc), "fix the pipeline, then retry")
     ws.repo.run("add", ws.card, ws.lock)
-    ws.repo.run("commit", "-q", "-m", f"Renumber {ws.name} v{card['version']} → v{new}")
+    ws.repo.run("commit", "-q", "-m", f"Renumber {ws.name} v{old} → v{new}")
     return new
 
 
@@ -247,7 +254,7 @@ def release(start: str | Path = ".", *, push: bool = False, git_remote: str = "o
     ws = Workspace.open(start)
     card = _check_releasable(ws)
     if push:
-        ws.repo.run("fetch", "-q", "--tags", git_remote)
+        _fetch_tags(ws, git_remote)
     reg = open_registry(ws)
     model_sha = card["artefacts"]["model"]["sha256"]
     same = [r for r in reg.releases if (r.card or {}).get("artefacts", {}).get("model", {}).get("sha256") == model_sha]
@@ -258,33 +265,46 @@ def release(start: str | Path = ".", *, push: bool = False, git_remote: str = "o
     renumbered_from = None
     if highest is not None and version <= highest:
         if not renumber:
-            taken = "exists" if any(r.version == version for r in reg.releases) else "is not above"
-            raise ReleaseRefused(tags.release_tag(ws.name, version),
-                                 f"version {taken} the highest release v{highest}", RENUMBER_HINT)
+            problem = (f"v{version} already exists" if any(r.version == version for r in reg.releases)
+                       else f"v{version} is not above the highest release v{highest}")
+            raise ReleaseRefused(tags.release_tag(ws.name, version), problem, RENUMBER_HINT)
         renumbered_from, version = version, _renumber(ws, card, highest)
         card = _check_releasable(ws)
     remote.push(ws.root, dvc_remote)
     missing = remote.missing_in_remote(ws.root, dvc_remote)
+    card_dir = ws.repo.root / PurePosixPath(ws.card).parent
+    # `dvc status -c` trusts directory manifests; prove each released file's own object is there.
+    missing += remote.missing_objects(ws.root, [card_dir / rec["file"] for rec in card["artefacts"].values()],
+                                      dvc_remote)
     if missing:
         raise ReleaseRefused("dvc remote", f"{len(missing)} output(s) missing after push: {missing[0]}",
                              "check the remote, then `dvc push` and retry")
     tag = tags.release_tag(ws.name, version)
     commit = ws.repo.head() or ""
-    made = ws.repo.run("tag", "-a", tag, "-m", _tag_message(ws, version, card), commit, check=False)
+    made = _tag(ws, reg, tag, _tag_message(ws, version, card), commit, check=False)
     if made.returncode != 0:
         raise ReleaseRefused(tag, "the tag already exists", RENUMBER_HINT)
     if push:
         refs = [f"refs/tags/{tag}"]
-        if renumbered_from is not None:
-            branch = ws.repo.run("rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
-            if branch == "HEAD":
-                ws.repo.run("tag", "-d", tag, check=False)
-                raise ReleaseRefused(tag, "the renumber commit is on a detached HEAD",
-                                     "check out the branch (`git checkout -B main`) and retry")
-            refs.insert(0, f"HEAD:refs/heads/{branch}")
-        pushed = ws.repo.run("push", "--atomic", "-q", git_remote, *refs, check=False)
+        branch = ws.repo.run("rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
+        upstream = f"{git_remote}/{branch}"
+        published = branch != "HEAD" and ws.repo.resolve(upstream) is not None and ws.repo.run(
+            "merge-base", "--is-ancestor", "HEAD", upstream, check=False).returncode == 0
+        if not published and branch != "HEAD":
+            refs.insert(0, f"HEAD:refs/heads/{branch}")  # e.g. a renumber commit: tag and branch together
+        elif renumbered_from is not None and branch == "HEAD":
+            ws.repo.run("tag", "-d", tag, check=False)
+            raise ReleaseRefused(tag, "the renumber commit is on a detached HEAD",
+                                 "check out the branch (`git checkout -B main`) and retry")
+        pushed = ws.repo.run("push", "--atomic", "--porcelain", git_remote, *refs, check=False)
         if pushed.returncode != 0:
             ws.repo.run("tag", "-d", tag, check=False)  # the remote said no: leave no local claim
+            out = pushed.stdout + pushed.stderr
+            rejected_branch = any(line.startswith("!") and "refs/heads/" in line and "atomic" not in line
+                                  for line in out.splitlines())
+            if rejected_branch:
+                raise ReleaseRefused(tag, f"{git_remote} refused the renumber commit: the branch moved there",
+                                     "`git pull --rebase`, then `shelf release --renumber --push` again")
             raise ReleaseRefused(tag, "the git remote refused the tag (another release took this version?)",
                                  RENUMBER_HINT)
     return Released(tag, version, commit, push, renumbered_from)
@@ -313,15 +333,17 @@ def promote(start: str | Path, spec: str, stage: str, *, push: bool = False,
     if rel.deprecated:
         raise ReleaseRefused(rel.tag, "this version is deprecated", "promote another version")
     if stage in protected:
-        on_branch = ws.repo.run("merge-base", "--is-ancestor", rel.commit, branch, check=False)
-        if on_branch.returncode != 0:
+        heads = [ref for ref in (branch, f"{git_remote}/{branch}") if ws.repo.resolve(ref)]
+        on_branch = any(ws.repo.run("merge-base", "--is-ancestor", rel.commit, ref, check=False).returncode == 0
+                        for ref in heads)
+        if not on_branch:
             raise ReleaseRefused(rel.tag, f"'{stage}' takes only versions whose commit is on {branch}",
                                  f"merge it into {branch} and release from there")
         if not (rel.card or {}).get("gate", {}).get("passed"):
             raise GateFailed(rel.tag, f"'{stage}' takes only versions whose gate passed", "promote another version")
     number = tags.next_counter(list(reg.tag_names), ws.name)
     tag = tags.assign_tag(ws.name, stage, number)
-    ws.repo.run("tag", "-a", tag, "-m", tags.assign_message(ws.name, stage, rel.version), rel.commit)
+    _tag(ws, reg, tag, tags.assign_message(ws.name, stage, rel.version), rel.commit)
     if push:
         _push_tags(ws, git_remote, tag)
     return Assignment(stage, rel.version, tag, rel.commit, 0, number)
@@ -350,10 +372,31 @@ def deprecate(start: str | Path, spec: str, *, push: bool = False, git_remote: s
     if rel.deprecated:
         raise ReleaseRefused(rel.tag, "already deprecated", "nothing to do")
     tag = tags.deregister_tag(ws.name, rel.version, tags.next_counter(list(reg.tag_names), ws.name))
-    ws.repo.run("tag", "-a", tag, "-m", f"Deregistering artifact {ws.name} version v{rel.version}", rel.commit)
+    _tag(ws, reg, tag, f"Deregistering artifact {ws.name} version v{rel.version}", rel.commit)
     if push:
         _push_tags(ws, git_remote, tag)
     return tag
+
+
+def _tag(ws: Workspace, reg: Registry, name: str, message: str, commit: str, check: bool = True) -> Any:
+    """Create annotated tag ``name``, dated strictly after the model's previous event.
+
+    GTO orders events by tagger time at one-second resolution and ignores ``#N``; two
+    events in one second would otherwise be ordered differently by GTO and by us.
+    """
+    import time
+
+    when = max(int(time.time()), reg.last_event + 1)
+    return ws.repo.run("tag", "-a", name, "-m", message, commit, check=check,
+                       env={"GIT_COMMITTER_DATE": f"{when} +0000"})
+
+
+def _fetch_tags(ws: Workspace, git_remote: str) -> None:
+    proc = ws.repo.run("fetch", "-q", "--tags", git_remote, check=False)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        raise GitError(f"git fetch --tags {git_remote}", lines[-1] if lines else "failed",
+                       "fix the remote or the clashing local tag (`git tag -d NAME`), then retry")
 
 
 def _push_tags(ws: Workspace, git_remote: str, *tag_names: str) -> None:
@@ -433,6 +476,11 @@ def gc(start: str | Path = ".", *, cloud: bool = False, dvc_remote: str | None =
        dry: bool = False) -> str:
     """``dvc gc`` keeping the workspace and every tag (so every release's artefacts)."""
     ws = Workspace.open(start)
+    remotes = ws.repo.run("remote").stdout.split()
+    if cloud and remotes:
+        # Releases this clone has not fetched still own objects in the shared remote.
+        for name in remotes:
+            _fetch_tags(ws, name)
     args = ["gc", "-w", "--all-tags", "-f", *(["--dry"] if dry else [])]
     if cloud:
         args += ["-c", *(["-r", dvc_remote] if dvc_remote else [])]
