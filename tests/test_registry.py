@@ -644,3 +644,40 @@ def test_gc_cloud_in_a_stale_clone_keeps_releases_it_has_not_fetched(released: P
 
     stale.shelf("gc", "-c")
     assert lost.is_file(), "v1.1.0's model was deleted from the DVC remote"
+
+
+def test_a_release_killed_at_any_moment_is_complete_or_absent(remote_project: Project) -> None:
+    """SIGKILL the whole `shelf release` process group at growing delays until one finishes.
+
+    After every kill there is either no tag, or a tag whose every artefact object is in the
+    remote; and the attempts that were killed leave nothing that stops the next one. The
+    delays only choose kill points across the release (push, verify, tag); they order nothing.
+    """
+    import os
+    import signal
+
+    p = remote_project
+    card = p.json(CARD)
+    store = store_of(p)
+    md5s = [hashlib.md5((p.root / "models" / rec["file"]).read_bytes()).hexdigest()  # noqa: S324
+            for rec in card["artefacts"].values()]
+    outcomes = []
+    for delay in (0.05, 0.2, 0.4, 0.7, 1.0, 1.5, 2.0, 3.0, 4.5, 6.0, 9.0, 15.0, 60.0):
+        proc = subprocess.Popen(["shelf", "release"], cwd=p.root, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            proc.wait(timeout=delay)
+            outcomes.append(f"finished ({proc.returncode})")
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its dvc/git children, all at once
+            proc.wait()
+            outcomes.append(f"killed at {delay}s")
+        if "model@v1.0.0" in local_tags(p):
+            missing = [m for m in md5s if not object_path(store, m).is_file()]
+            assert missing == [], (outcomes, missing)
+            break
+    else:
+        pytest.fail(f"no attempt completed: {outcomes}")
+    assert any(o.startswith("killed") for o in outcomes), outcomes
+    assert all(o in ("finished (0)",) or o.startswith("killed") for o in outcomes), outcomes
+    assert p.git("status", "--porcelain").stdout == ""
