@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from modelshelf import profile as P
+from modelshelf.params import DriftParams
 
 from conftest import Project
 
@@ -37,20 +38,20 @@ def reference() -> dict:
 
 
 def test_samples_from_the_training_distribution_raise_under_5_percent_false_alarms(reference: dict) -> None:
-    alarms = sum(P.compare(reference, SCHEMA, frame(1000, seed=s), P.Thresholds()).verdict != "no drift"
+    alarms = sum(P.compare(reference, SCHEMA, frame(1000, seed=s), DriftParams()).verdict != "no drift"
                  for s in range(1, 61))
     assert alarms / 60 < 0.05
 
 
 def test_a_one_sigma_mean_shift_is_drift_and_names_the_feature(reference: dict) -> None:
-    result = P.compare(reference, SCHEMA, frame(1000, seed=7, shift=1.0), P.Thresholds())
+    result = P.compare(reference, SCHEMA, frame(1000, seed=7, shift=1.0), DriftParams())
     assert result.verdict == "drift" and result.drifted() == ["x3"]
     x3 = next(f for f in result.features if f.name == "x3")
     assert x3.psi > 0.25 and x3.test == "ks" and x3.p_value < 1e-6
 
 
 def test_a_changed_category_mix_is_drift(reference: dict) -> None:
-    result = P.compare(reference, SCHEMA, frame(1000, seed=8, mix=(0.2, 0.3, 0.5)), P.Thresholds())
+    result = P.compare(reference, SCHEMA, frame(1000, seed=8, mix=(0.2, 0.3, 0.5)), DriftParams())
     assert result.verdict == "drift" and "colour" in result.drifted()
     colour = next(f for f in result.features if f.name == "colour")
     assert colour.test == "chi2" and colour.p_value < 1e-6
@@ -59,7 +60,7 @@ def test_a_changed_category_mix_is_drift(reference: dict) -> None:
 def test_missing_renamed_and_retyped_columns_are_a_schema_break(reference: dict) -> None:
     new = frame(200, seed=9).rename(columns={"x2": "x2_renamed"})
     new["x5"] = "text"
-    result = P.compare(reference, SCHEMA, new, P.Thresholds())
+    result = P.compare(reference, SCHEMA, new, DriftParams())
     assert result.verdict == "schema break"
     assert "missing column 'x2'" in result.schema_problems
     assert "new column 'x2_renamed'" in result.schema_problems
@@ -69,7 +70,7 @@ def test_missing_renamed_and_retyped_columns_are_a_schema_break(reference: dict)
 def test_unseen_categories_and_missing_values_are_counted(reference: dict) -> None:
     new = frame(1000, seed=10)
     new.loc[:400, "colour"] = "purple"
-    result = P.compare(reference, SCHEMA, new, P.Thresholds())
+    result = P.compare(reference, SCHEMA, new, DriftParams())
     assert "colour" in result.drifted()
     assert next(f for f in result.features if f.name == "x1").missing_ref == pytest.approx(0.02, abs=0.005)
 

@@ -10,7 +10,8 @@ from typing import Any
 from modelshelf import artefacts
 from modelshelf.card import CARD_FILE, read_card
 from modelshelf.errors import DataError, IntegrityError
-from modelshelf.profile import DriftResult, Thresholds, compare
+from modelshelf.params import DriftParams
+from modelshelf.profile import DriftResult, compare
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def reference(start: str | Path, spec: str | None) -> Reference:
 
 
 def check(start: str | Path, source: Path, spec: str | None = None, *,
-          thresholds: Thresholds | None = None, predictions: bool = True) -> DriftReport:
+          thresholds: DriftParams | None = None, predictions: bool = True) -> DriftReport:
     """Compare the CSV ``source`` with the reference of ``spec`` (default: the workspace model)."""
     import pandas as pd
 
@@ -95,8 +96,7 @@ def check(start: str | Path, source: Path, spec: str | None = None, *,
     ref = reference(start, spec)
     schema = ref.card["input_schema"]
     if thresholds is None:
-        d = load_params(find_root(start) / "params.yaml").drift
-        thresholds = Thresholds(d.psi_warn, d.psi_alert, d.p_value)
+        thresholds = load_params(find_root(start) / "params.yaml").drift
     cats = {f["name"]: object for f in schema["features"] if f["kind"] == "categorical"}
     try:
         frame = pd.read_csv(source, dtype=cats)

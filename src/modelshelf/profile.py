@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from modelshelf.params import DriftParams
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -88,13 +90,6 @@ def build(frame: pd.DataFrame, schema: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Thresholds:
-    psi_warn: float = 0.1
-    psi_alert: float = 0.25
-    p_value: float = 0.01
-
-
-@dataclass(frozen=True)
 class FeatureDrift:
     name: str
     kind: str
@@ -113,7 +108,7 @@ class DriftResult:
     features: tuple[FeatureDrift, ...]
     schema_problems: tuple[str, ...] = ()
     prediction: FeatureDrift | None = None
-    thresholds: Thresholds = field(default_factory=Thresholds)
+    thresholds: DriftParams = field(default_factory=DriftParams)
 
     @property
     def verdict(self) -> str:
@@ -134,7 +129,7 @@ def _psi(ref: Any, new: Any) -> float:
     return float(np.sum((q - p) * np.log(q / p)))
 
 
-def _numeric_drift(name: str, ref: Mapping[str, Any], values: Any, th: Thresholds,
+def _numeric_drift(name: str, ref: Mapping[str, Any], values: Any, th: DriftParams,
                    n_tests: int) -> FeatureDrift:
     import numpy as np
     from scipy import stats
@@ -159,7 +154,7 @@ def _numeric_drift(name: str, ref: Mapping[str, Any], values: Any, th: Threshold
                         _level(psi, p, th, n_tests))
 
 
-def _categorical_drift(name: str, ref: Mapping[str, Any], values: Any, th: Thresholds,
+def _categorical_drift(name: str, ref: Mapping[str, Any], values: Any, th: DriftParams,
                        n_tests: int) -> FeatureDrift:
     import numpy as np
     import pandas as pd
@@ -186,7 +181,7 @@ def _categorical_drift(name: str, ref: Mapping[str, Any], values: Any, th: Thres
                         missing_new, _level(psi, float(p), th, n_tests))
 
 
-def _level(psi: float, p: float, th: Thresholds, n_tests: int) -> str:
+def _level(psi: float, p: float, th: DriftParams, n_tests: int) -> str:
     # A test alone over many features raises false alarms; it only confirms a PSI warning,
     # and at a Bonferroni-corrected level.
     if psi >= th.psi_alert or (psi >= th.psi_warn and p < th.p_value / max(n_tests, 1)):
@@ -195,7 +190,7 @@ def _level(psi: float, p: float, th: Thresholds, n_tests: int) -> str:
 
 
 def compare(profile: Mapping[str, Any], schema: Mapping[str, Any], frame: pd.DataFrame,
-            thresholds: Thresholds, predictions: Any = None,
+            thresholds: DriftParams, predictions: Any = None,
             prediction_profile: Mapping[str, Any] | None = None) -> DriftResult:
     """Drift of ``frame`` against ``profile``; schema problems are reported, never raised."""
     problems = []
