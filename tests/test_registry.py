@@ -681,3 +681,16 @@ def test_a_release_killed_at_any_moment_is_complete_or_absent(remote_project: Pr
     assert any(o.startswith("killed") for o in outcomes), outcomes
     assert all(o in ("finished (0)",) or o.startswith("killed") for o in outcomes), outcomes
     assert p.git("status", "--porcelain").stdout == ""
+
+
+def test_stages_can_come_from_gto_config(released: Project) -> None:
+    p = released
+    (p.root / ".gto").write_text("stages: [canary, prod]\n")
+    p.commit("gto stages")
+    assert p.shelf("promote", "v1.0.0", "--to", "canary").returncode == 0
+    refused = p.shelf("promote", "v1.0.0", "--to", "staging", check=False)
+    assert refused.returncode == 2 and "allowed stages" in refused.stderr
+    # params.yaml wins when it names the stages itself
+    p.set_params(release={"stages": ["staging", "prod"]})
+    p.commit("params stages")
+    assert p.shelf("promote", "v1.0.0", "--to", "staging").returncode == 0

@@ -314,8 +314,26 @@ def release(start: str | Path = ".", *, push: bool = False, git_remote: str = "o
 
 
 def _policy(ws: Workspace) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """Allowed stages: ``release.stages`` in params.yaml when set there, else GTO's ``.gto``
+    ``stages:``, else the defaults; protected stages and the branch come from params.yaml."""
+    import yaml
+
     params = load_params(ws.root / "params.yaml")
-    return params.release.stages, params.release.protected_stages, params.gate.baseline
+    stages = params.release.stages
+    raw = yaml.safe_load((ws.root / "params.yaml").read_text(encoding="utf-8")) or {}
+    gto = ws.repo.root / ".gto"
+    if "stages" not in (raw.get("release") or {}) and gto.is_file():
+        try:
+            configured = (yaml.safe_load(gto.read_text(encoding="utf-8")) or {}).get("stages")
+        except yaml.YAMLError:
+            raise ConfigError(str(gto), "not valid YAML", "fix its syntax") from None
+        if configured is not None:
+            if not isinstance(configured, list) or not all(isinstance(s, str) and tags.is_valid_name(s)
+                                                           for s in configured):
+                raise ConfigError(f"{gto}: stages", "expected a list of stage names", "e.g. [dev, staging, prod]")
+            stages = tuple(configured)
+    protected = tuple(s for s in params.release.protected_stages if s in stages)
+    return stages, protected, params.gate.baseline
 
 
 def promote(start: str | Path, spec: str, stage: str, *, push: bool = False,
