@@ -41,47 +41,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-BIN = Path(sys.executable).parent
+from _common import (BenchError, Sample, bench_env, environ, interleaved, nproc, positive, run, scaffold,
+                     show, tools_missing)
+
 NOOP_GOAL = 1.2
 UP_TO_DATE = "Data and pipelines are up to date."
-
-
-class BenchError(RuntimeError):
-    """A command the benchmark depends on failed."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    """Timings of one measured command, in seconds."""
-
-    label: str
-    times: list[float]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
-
-    @property
-    def min(self) -> float:
-        return min(self.times)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"label": self.label, "median_s": round(self.median, 4), "min_s": round(self.min, 4),
-                "runs_s": [round(t, 4) for t in self.times]}
 
 
 @dataclass(frozen=True)
@@ -93,76 +67,9 @@ class Machine:
     platform: str
 
 
-# -- environment -------------------------------------------------------------------------------
-
-def hermetic_env(home: Path) -> dict[str, str]:
-    """This process's environment minus GIT_*/DVC_*, plus a private HOME and fixed identity."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "DVC_"))}
-    env.update({
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "XDG_CACHE_HOME": str(home / ".cache"),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
-        "GIT_AUTHOR_NAME": "Bench Author",
-        "GIT_AUTHOR_EMAIL": "author@example.invalid",
-        "GIT_COMMITTER_NAME": "Bench Committer",
-        "GIT_COMMITTER_EMAIL": "committer@example.invalid",
-        "DVC_NO_ANALYTICS": "1",
-        "DVC_SITE_CACHE_DIR": str(home / ".dvc-site"),
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    })
-    return env
-
-
-@contextmanager
-def environ(env: Mapping[str, str]) -> Iterator[None]:
-    """Replace os.environ for library calls that spawn git/dvc themselves (project.init)."""
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 def machine() -> Machine:
-    try:
-        nproc = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        nproc = os.cpu_count() or 0
-    return Machine(nproc=nproc, python=platform.python_version(), dvc=metadata.version("dvc"),
+    return Machine(nproc=nproc(), python=platform.python_version(), dvc=metadata.version("dvc"),
                    scikit_learn=metadata.version("scikit-learn"), platform=platform.platform())
-
-
-# -- running commands ----------------------------------------------------------------------------
-
-def run(cmd: Sequence[str], cwd: Path, env: Mapping[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
-    """Run ``cmd``; return its wall time and result, or raise BenchError if it failed."""
-    start = time.perf_counter()
-    proc = subprocess.run(list(cmd), cwd=cwd, env=dict(env), capture_output=True, text=True, check=False)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise BenchError(f"`{' '.join(cmd)}` exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return elapsed, proc
-
-
-def commit(root: Path, env: Mapping[str, str], message: str) -> None:
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-q", "-m", message], root, env)
-
-
-def set_up(root: Path, env: Mapping[str, str]) -> None:
-    """Scaffold through the library, commit, reproduce once, commit the outputs."""
-    from modelshelf.project import init
-
-    with environ(env):
-        init(root)
-    commit(root, env, "scaffold")
-    run(["dvc", "repro"], root, env)
-    commit(root, env, "first model")
 
 
 # -- measurements --------------------------------------------------------------------------------
@@ -184,17 +91,8 @@ def measure_noop(root: Path, env: Mapping[str, str], runs: int) -> tuple[Sample,
             raise BenchError(f"`dvc status` reports changes, the project is not up to date:\n{proc.stdout}")
         return elapsed
 
-    repro()  # one discarded round: warms the page cache and DVC's site cache
-    status()
-    repro_times: list[float] = []
-    status_times: list[float] = []
-    for i in range(runs):
-        if i % 2 == 0:
-            repro_times.append(repro())
-            status_times.append(status())
-        else:
-            status_times.append(status())
-            repro_times.append(repro())
+    # after one discarded round, which warms the page cache and DVC's site cache
+    repro_times, status_times = interleaved(repro, status, runs, runs)
     return Sample("dvc repro (no-op)", repro_times), Sample("dvc status", status_times)
 
 
@@ -277,13 +175,6 @@ def report(m: Machine, repro: Sample, status: Sample, full: Sample, inproc: Samp
     return "\n".join(lines), result
 
 
-def positive(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return n
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=positive, default=7, help="no-op repro/status runs each (default 7)")
@@ -292,22 +183,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = parser.parse_args(argv)
 
-    for tool in ("shelf", "dvc"):
-        if not (BIN / tool).exists():
-            print(f"benchmark: {BIN / tool} not found; run with the venv's python "
-                  "(.venv/bin/python benchmarks/pipeline.py)", file=sys.stderr)
-            return 1
+    if tools_missing(("shelf", "dvc"), "pipeline.py"):
+        return 1
 
     m = machine()
     with tempfile.TemporaryDirectory(prefix="modelshelf-bench-") as tmp:
-        home = Path(tmp) / "home"
-        home.mkdir()
-        (home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n", encoding="utf-8")
-        env = hermetic_env(home)
+        env = bench_env(Path(tmp) / "home")
         root = Path(tmp) / "proj"
         try:
             print(f"setting up a project in {root} (init, commit, dvc repro, commit) …", flush=True)
-            set_up(root, env)
+            scaffold(root, env)
             print(f"measuring no-op dvc repro vs dvc status ({args.runs} runs each) …", flush=True)
             repro, status = measure_noop(root, env, args.runs)
             print(f"measuring dvc repro -f and in-process fit+evaluate ({args.full_runs} runs each) …",
@@ -321,11 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
 
     text, result = report(m, repro, status, full, inproc, same_metrics(metrics, pipeline_metrics))
-    print()
-    print(text)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    return 0
+    return show(text, result, args.json)
 
 
 if __name__ == "__main__":

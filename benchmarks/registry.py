@@ -49,24 +49,22 @@ its output.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
-import re
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-BIN = Path(sys.executable).parent
+from _common import (BenchError, Sample, bench_env, check, commit, interleaved, nproc, positive, run,
+                     scaffold, set_param, sha256, show, tools_missing)
+
 VERSIONS_GOAL = 10.0   # gto show must take at least this many times as long as shelf versions
 ROLLBACK_GOAL = 1.5    # shelf rollback at most this many times the plain git + dvc checkout
 NAME = "model"
@@ -74,30 +72,6 @@ CARD = "models/card.json"
 MODEL = "models/model.joblib"
 COMMITTER = "Bench Committer <committer@example.invalid>"
 EPOCH = 1_700_000_000  # tagger/committer time of the generated history (fixed: reproducible repos)
-
-
-class BenchError(RuntimeError):
-    """A command the benchmark depends on failed, or a check did not hold."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    """Timings of one measured command, in seconds."""
-
-    label: str
-    times: list[float]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
-
-    @property
-    def min(self) -> float:
-        return min(self.times)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"label": self.label, "median_s": round(self.median, 4), "min_s": round(self.min, 4),
-                "runs_s": [round(t, 4) for t in self.times]}
 
 
 @dataclass(frozen=True)
@@ -114,95 +88,20 @@ class Machine:
 # -- environment -------------------------------------------------------------------------------
 
 def hermetic_env(home: Path) -> dict[str, str]:
-    """This process's environment minus GIT_*/DVC_*/GTO_*, plus a private HOME and fixed identity."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "DVC_", "GTO_"))}
-    env.update({
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "XDG_CACHE_HOME": str(home / ".cache"),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
-        "GIT_AUTHOR_NAME": "Bench Author",
-        "GIT_AUTHOR_EMAIL": "author@example.invalid",
-        "GIT_COMMITTER_NAME": "Bench Committer",
-        "GIT_COMMITTER_EMAIL": "committer@example.invalid",
-        "DVC_NO_ANALYTICS": "1",
-        "DVC_SITE_CACHE_DIR": str(home / ".dvc-site"),
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    })
-    return env
-
-
-@contextmanager
-def environ(env: Mapping[str, str]) -> Iterator[None]:
-    """Replace os.environ for library calls that spawn git/dvc themselves (project.init)."""
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    """The benchmarks' hermetic environment (see _common.bench_env) minus GTO_* as well."""
+    return {k: v for k, v in bench_env(home).items() if not k.startswith("GTO_")}
 
 
 def machine(env: Mapping[str, str]) -> Machine:
-    try:
-        nproc = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        nproc = os.cpu_count() or 0
     git = subprocess.run(["git", "--version"], capture_output=True, text=True, env=dict(env),
                          check=False).stdout.strip().removeprefix("git version ")
     try:
         load = os.getloadavg()[0]
     except OSError:
         load = float("nan")
-    return Machine(nproc=nproc, python=platform.python_version(), git=git or "unknown",
+    return Machine(nproc=nproc(), python=platform.python_version(), git=git or "unknown",
                    dvc=metadata.version("dvc"), gto=metadata.version("gto"), platform=platform.platform(),
                    load=round(load, 2))
-
-
-# -- running commands ----------------------------------------------------------------------------
-
-def run(cmd: Sequence[str], cwd: Path, env: Mapping[str, str],
-        stdin: bytes | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
-    """Run ``cmd``; return its wall time and result, or raise BenchError if it failed."""
-    start = time.perf_counter()
-    if stdin is None:
-        proc = subprocess.run(list(cmd), cwd=cwd, env=dict(env), capture_output=True, text=True, check=False)
-    else:
-        raw = subprocess.run(list(cmd), cwd=cwd, env=dict(env), capture_output=True, input=stdin, check=False)
-        proc = subprocess.CompletedProcess(raw.args, raw.returncode, raw.stdout.decode(errors="replace"),
-                                           raw.stderr.decode(errors="replace"))
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise BenchError(f"`{' '.join(cmd)}` exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return elapsed, proc
-
-
-def commit(root: Path, env: Mapping[str, str], message: str) -> None:
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-q", "-m", message], root, env)
-
-
-def scaffold(root: Path, env: Mapping[str, str]) -> None:
-    """Scaffold through the library, commit, reproduce once, commit the outputs."""
-    from modelshelf.project import init
-
-    with environ(env):
-        init(root)
-    commit(root, env, "scaffold")
-    run(["dvc", "repro"], root, env)
-    commit(root, env, "first model")
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def check(cond: bool, message: str) -> None:
-    if not cond:
-        raise BenchError(message)
 
 
 # -- 1. versions: a repository with many releases ------------------------------------------------
@@ -293,23 +192,6 @@ def check_versions(root: Path, env: Mapping[str, str], releases: int, latest: st
     return {"versions": len(rows), "latest": shelf_latest, "prod": shelf_prod}
 
 
-def interleaved(a: Callable[[], float], b: Callable[[], float], runs_a: int,
-                runs_b: int) -> tuple[list[float], list[float]]:
-    """One discarded call of each, then rounds of a/b (order alternating) until both have their runs."""
-    a()
-    b()
-    ta: list[float] = []
-    tb: list[float] = []
-    for i in range(max(runs_a, runs_b)):
-        order = (a, b) if i % 2 == 0 else (b, a)
-        for f in order:
-            if f is a and len(ta) < runs_a:
-                ta.append(a())
-            elif f is b and len(tb) < runs_b:
-                tb.append(b())
-    return ta, tb
-
-
 def measure_versions(root: Path, env: Mapping[str, str], shelf_runs: int, gto_runs: int) -> tuple[Sample, Sample]:
     def shelf() -> float:
         return run(["shelf", "versions"], root, env)[0]
@@ -323,24 +205,9 @@ def measure_versions(root: Path, env: Mapping[str, str], shelf_runs: int, gto_ru
 
 # -- 2. rollback: a project with two real releases -----------------------------------------------
 
-def set_param(path: Path, key: str, value: str) -> None:
-    """Change ``key: old`` to ``key: value`` on its one line in params.yaml, keeping comments."""
-    text = path.read_text(encoding="utf-8")
-    new, count = re.subn(rf"(?m)^(\s*{re.escape(key)}:\s*)[^\s#]+", rf"\g<1>{value}", text)
-    check(count == 1, f"{path}: expected one '{key}:' line, found {count}")
-    path.write_text(new, encoding="utf-8")
-
-
 def build_two(root: Path, store: Path, env: Mapping[str, str]) -> tuple[str, str]:
     """Two releases through ``shelf release`` against a local DVC remote; return (old tag, new tag)."""
-    from modelshelf.project import init
-
-    with environ(env):
-        init(root)
-    run(["dvc", "remote", "add", "-d", "store", str(store)], root, env)
-    commit(root, env, "scaffold")
-    run(["dvc", "repro"], root, env)
-    commit(root, env, "first model")
+    scaffold(root, env, edit=lambda r: run(["dvc", "remote", "add", "-d", "store", str(store)], r, env))
     run(["shelf", "release"], root, env)
     set_param(root / "params.yaml", "n_estimators", "60")
     set_param(root / "params.yaml", "tolerance", "0.05")
@@ -436,13 +303,6 @@ def report(m: Machine, shelf: Sample, gto: Sample, agreed: Mapping[str, Any], im
     return "\n".join(lines), result
 
 
-def positive(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return n
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--releases", type=positive, default=1500, help="releases to generate (default 1500)")
@@ -454,17 +314,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = parser.parse_args(argv)
 
-    for tool in ("shelf", "dvc", "gto"):
-        if not (BIN / tool).exists():
-            print(f"benchmark: {BIN / tool} not found; run with the venv's python "
-                  "(.venv/bin/python benchmarks/registry.py)", file=sys.stderr)
-            return 1
+    if tools_missing(("shelf", "dvc", "gto"), "registry.py"):
+        return 1
 
     with tempfile.TemporaryDirectory(prefix="modelshelf-bench-") as tmp:
-        home = Path(tmp) / "home"
-        home.mkdir()
-        (home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n", encoding="utf-8")
-        env = hermetic_env(home)
+        env = hermetic_env(Path(tmp) / "home")
         m = machine(env)
         many, two, store = Path(tmp) / "many", Path(tmp) / "two", Path(tmp) / "store"
         try:
@@ -485,11 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
 
     text, result = report(m, shelf, gto, agreed, import_s, rb_shelf, rb_plain, rb)
-    print()
-    print(text)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    return 0
+    return show(text, result, args.json)
 
 
 if __name__ == "__main__":

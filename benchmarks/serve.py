@@ -91,7 +91,6 @@ import json
 import math
 import os
 import platform
-import re
 import secrets
 import shutil
 import signal
@@ -108,7 +107,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-BIN = Path(sys.executable).parent
+from _common import (BenchError, bench_env, check, environ, nproc, positive, run, scaffold, set_param, sha256,
+                     show, tools_missing)
+
 LOADGEN = Path(__file__).resolve().with_name("_loadgen.py")
 HOST = "127.0.0.1"
 P50_VS_FLOOR_GOAL = 1.5
@@ -118,21 +119,13 @@ SWAP_P99_GOAL = 1.5
 READY_TIMEOUT = 60.0          # seconds for a server to answer after spawning
 MLFLOW_READY_TIMEOUT = 180.0
 PIP_TIMEOUT = 1800.0          # the MLflow install (it pulls a few hundred MB)
+RUN_TIMEOUT = 900.0           # seconds for a set-up command (git, dvc repro)
 CLIENT_CAP = 1_000_000        # upper bound on requests per client in time-bounded runs
 SWAP_LEAD, SWAP_TAIL = 1.0, 1.0  # seconds of load before the first and after the last swap
 
 
-class BenchError(RuntimeError):
-    """A command or server the benchmark depends on failed, or a check did not hold."""
-
-
 class Unavailable(RuntimeError):
     """MLflow could not be installed or started: reported, and the rest goes on."""
-
-
-def check(cond: bool, message: str) -> None:
-    if not cond:
-        raise BenchError(message)
 
 
 # -- statistics ----------------------------------------------------------------------------------
@@ -235,46 +228,12 @@ class Load:
 # -- environment ---------------------------------------------------------------------------------
 
 def hermetic_env(home: Path) -> dict[str, str]:
-    """This process's environment minus GIT_*/DVC_*, plus a private HOME and fixed identity."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "DVC_", "MLFLOW_"))}
+    """The benchmarks' hermetic environment (_common.bench_env) without MLFLOW_*, SHELF_ADMIN_TOKEN
+    or a proxy for 127.0.0.1."""
+    env = {k: v for k, v in bench_env(home).items() if not k.startswith("MLFLOW_")}
     env.pop("SHELF_ADMIN_TOKEN", None)
-    env.update({
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "XDG_CACHE_HOME": str(home / ".cache"),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
-        "GIT_AUTHOR_NAME": "Bench Author",
-        "GIT_AUTHOR_EMAIL": "author@example.invalid",
-        "GIT_COMMITTER_NAME": "Bench Committer",
-        "GIT_COMMITTER_EMAIL": "committer@example.invalid",
-        "DVC_NO_ANALYTICS": "1",
-        "DVC_SITE_CACHE_DIR": str(home / ".dvc-site"),
-        "NO_PROXY": "127.0.0.1,localhost",
-        "no_proxy": "127.0.0.1,localhost",
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    })
+    env.update({"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"})
     return env
-
-
-@contextmanager
-def environ(env: Mapping[str, str]) -> Iterator[None]:
-    """Replace os.environ for library calls that spawn git/dvc themselves (project.init)."""
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-def nproc() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 0
 
 
 def version_of(dist: str) -> str:
@@ -293,52 +252,10 @@ def loadavg() -> str:
 
 # -- commands and the project --------------------------------------------------------------------
 
-def run(cmd: Sequence[str], cwd: Path, env: Mapping[str, str], timeout: float = 900.0
-        ) -> tuple[float, subprocess.CompletedProcess[str]]:
-    """Run ``cmd``; return its wall time and result, or raise BenchError if it failed."""
-    start = time.perf_counter()
-    try:
-        proc = subprocess.run(list(cmd), cwd=cwd, env=dict(env), capture_output=True, text=True,
-                              check=False, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"`{' '.join(cmd)}` did not finish in {timeout:g} s") from exc
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise BenchError(f"`{' '.join(cmd)}` exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return elapsed, proc
-
-
-def commit(root: Path, env: Mapping[str, str], message: str) -> None:
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-q", "-m", message], root, env)
-
-
-def set_param(path: Path, key: str, value: str) -> None:
-    """Change ``key: old`` to ``key: value`` on its one line in params.yaml, keeping comments."""
-    text = path.read_text(encoding="utf-8")
-    new, count = re.subn(rf"(?m)^(\s*{re.escape(key)}:\s*)[^\s#]+", rf"\g<1>{value}", text)
-    check(count == 1, f"{path}: expected one '{key}:' line, found {count}")
-    path.write_text(new, encoding="utf-8")
-
-
 def set_up(root: Path, env: Mapping[str, str]) -> None:
     """Scaffold through the library, 100 trees, commit, reproduce, commit the outputs."""
-    from modelshelf.project import init
-
-    with environ(env):
-        init(root)
-    set_param(root / "params.yaml", "n_estimators", "100")
-    commit(root, env, "scaffold: 100-tree forest")
-    run(["dvc", "repro"], root, env)
-    commit(root, env, "first model")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    scaffold(root, env, edit=lambda r: set_param(r / "params.yaml", "n_estimators", "100"),
+             message="scaffold: 100-tree forest", timeout=RUN_TIMEOUT)
 
 
 def read_card(models: Path) -> dict[str, Any]:
@@ -966,7 +883,7 @@ def make_v2(root: Path, env: Mapping[str, str], dst: Path) -> dict[str, Any]:
     """A second valid version: 60 trees (gate tolerance 0.05 so a small regression passes)."""
     set_param(root / "params.yaml", "n_estimators", "60")
     set_param(root / "params.yaml", "tolerance", "0.05")
-    run(["dvc", "repro"], root, env)
+    run(["dvc", "repro"], root, env, timeout=RUN_TIMEOUT)
     return verified_copy(root / "models", dst)
 
 
@@ -1183,13 +1100,6 @@ def report(info: dict[str, str], inproc: Latency, breakdown: dict[str, float], s
     return "\n".join(lines), result
 
 
-def positive(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return n
-
-
 def seconds(value: str) -> float:
     x = float(value)
     if not 0 < x <= 3600:
@@ -1218,21 +1128,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = parser.parse_args(argv)
 
-    for tool in ("shelf", "dvc"):
-        if not (BIN / tool).exists():
-            print(f"benchmark: {BIN / tool} not found; run with the venv's python "
-                  "(.venv/bin/python benchmarks/serve.py)", file=sys.stderr)
-            return 1
+    if tools_missing(("shelf", "dvc"), "serve.py"):
+        return 1
 
     sklearn_version = version_of("scikit-learn")
     info = {"nproc": str(nproc()), "python": platform.python_version(), "scikit-learn": sklearn_version,
             "onnxruntime": version_of("onnxruntime"), "uvicorn": version_of("uvicorn"),
             "load avg at start": loadavg(), "platform": platform.platform()}
     with tempfile.TemporaryDirectory(prefix="modelshelf-bench-serve-") as tmp:
-        home = Path(tmp) / "home"
-        home.mkdir()
-        (home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n", encoding="utf-8")
-        env = hermetic_env(home)
+        env = hermetic_env(Path(tmp) / "home")
         root = Path(tmp) / "proj"
         work = Path(tmp) / "work"
         work.mkdir()
@@ -1287,11 +1191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         info["load avg at end"] = loadavg()
 
     text, result = report(info, inproc, breakdown, sh, ml, cold, sw, same_label)
-    print()
-    print(text)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    return 0
+    return show(text, result, args.json)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from modelshelf.sandbox import hermetic_env
+
 BIN = Path(sys.executable).parent
 
 
@@ -25,26 +27,13 @@ BIN = Path(sys.executable).parent
 def isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private HOME, no system/global git config, a fixed git identity, no analytics."""
     home = tmp_path_factory.mktemp("home")
+    env = hermetic_env(home, name="Test")
     for key in list(os.environ):
-        if key.startswith(("GIT_", "DVC_")):
+        if key not in env:  # GIT_*/DVC_*
             monkeypatch.delenv(key, raising=False)
-    env = {
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "XDG_CACHE_HOME": str(home / ".cache"),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
-        "GIT_AUTHOR_NAME": "Test Author",
-        "GIT_AUTHOR_EMAIL": "author@example.invalid",
-        "GIT_COMMITTER_NAME": "Test Committer",
-        "GIT_COMMITTER_EMAIL": "committer@example.invalid",
-        "DVC_NO_ANALYTICS": "1",
-        "DVC_SITE_CACHE_DIR": str(home / ".dvc-site"),
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
     for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    (home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n")
+        if os.environ.get(key) != value:
+            monkeypatch.setenv(key, value)
     return home
 
 

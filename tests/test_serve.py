@@ -43,6 +43,7 @@ import pytest
 import yaml
 
 import modelshelf
+from modelshelf.sandbox import hermetic_env
 
 from conftest import BIN, Project, copy_tree, run
 
@@ -59,24 +60,8 @@ SWAP_DEADLINE = 60.0      # seconds for a promoted version to be served
 
 def isolated_env(home: Path) -> dict[str, str]:
     """What conftest's ``isolated`` fixture sets, as an explicit environment (for module scope)."""
-    home.mkdir(parents=True, exist_ok=True)
-    (home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("GIT_", "DVC_")) and k != "SHELF_ADMIN_TOKEN"}
-    env.update({
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "XDG_CACHE_HOME": str(home / ".cache"),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
-        "GIT_AUTHOR_NAME": "Test Author",
-        "GIT_AUTHOR_EMAIL": "author@example.invalid",
-        "GIT_COMMITTER_NAME": "Test Committer",
-        "GIT_COMMITTER_EMAIL": "committer@example.invalid",
-        "DVC_NO_ANALYTICS": "1",
-        "DVC_SITE_CACHE_DIR": str(home / ".dvc-site"),
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    })
+    env = hermetic_env(home, name="Test")
+    env.pop("SHELF_ADMIN_TOKEN", None)
     return env
 
 
