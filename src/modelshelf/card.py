@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import platform
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,9 @@ REQUIRED = ("schema_version", "name", "version", "trained_at", "dataset", "algor
 
 def dependency_versions() -> dict[str, str]:
     """Python and the versions of the libraries a pickled model depends on."""
+    import platform
+    from importlib import metadata  # not at module level: the server's start-up reads cards
+
     out = {"python": platform.python_version()}
     for dist in DEPENDENCIES:
         try:

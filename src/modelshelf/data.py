@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelshelf.errors import DataError
+from modelshelf.onnxcopy import MISSING_CATEGORY  # noqa: F401 - the pipeline's fill value, re-exported
 from modelshelf.params import DataParams, suggest
 
 if TYPE_CHECKING:
@@ -19,7 +20,6 @@ BUILTINS = {
     "wine": "load_wine",
     "diabetes": "load_diabetes",
 }
-MISSING_CATEGORY = "__missing__"
 MAX_CLASSES_FOR_AUTO = 20
 MAX_RECORDED_CATEGORIES = 1000
 

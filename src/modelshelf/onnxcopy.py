@@ -2,7 +2,7 @@
 
 The training pipeline imputes missing categories with a constant; that imputer does not
 convert, so the exported graph starts at the one-hot encoder and every caller fills
-missing categories with :data:`modelshelf.data.MISSING_CATEGORY` first (see :func:`feeds`).
+missing categories with :data:`MISSING_CATEGORY` first (see :func:`feeds`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modelshelf.data import MISSING_CATEGORY
-
+# The pipeline fills missing categories with this; the graph expects callers to (see feeds).
+MISSING_CATEGORY = "__missing__"
 ONNX_FILE = "model.onnx"
 PROBA_TOLERANCE = 1e-5
 

@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from modelshelf.data import MISSING_CATEGORY
+from modelshelf.onnxcopy import MISSING_CATEGORY
 from modelshelf.errors import ConfigError
 from modelshelf.params import TrainParams, suggest
 
