@@ -66,6 +66,9 @@ def test_new_data_drift_retrain_release_serve_regression_rollback(new_project, s
     wait_for("the server to swap to v1.1.0", lambda: server.health()["version"] == "1.1.0")
     assert server.post("/predict", probe).json()["version"] == "1.1.0"
 
+    p.shelf("versions", "--plot", "versions.png")
+    assert (p.root / "versions.png").read_bytes()[:4] == b"\x89PNG"
+
     # A regression is stopped by the gate and never released.
     p.set_params(train={"hyperparams": {"n_estimators": 1, "max_depth": 1}}, gate={"tolerance": 0.0})
     failed = p.dvc("repro", check=False)

@@ -92,8 +92,11 @@ def test_shelf_drift_cli_exit_codes_and_reports(built: Project) -> None:
     same = built.shelf("drift", "same.csv", "--json")
     assert same.returncode == 0 and json.loads(same.stdout)["verdict"] == "no drift"
     assert json.loads(same.stdout)["predictions"]["level"] == "ok"
-    drift = built.shelf("drift", "shifted.csv", check=False)
+    drift = built.shelf("drift", "shifted.csv", "--plot", "charts", check=False)
     assert drift.returncode == 9 and "mean radius" in drift.stderr and "✗ drift" in drift.stdout
+    charts = built.root / "charts"
+    assert (charts / "mean_radius.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (charts / "overview.png").is_file() and len(list(charts.glob("*.png"))) == 32  # 30 + predictions + overview
     broken = built.shelf("drift", "broken.csv", check=False)
     assert broken.returncode == 10 and "missing column 'mean area'" in broken.stderr
     assert "Traceback" not in broken.stderr and len(broken.stderr.strip().splitlines()) == 1

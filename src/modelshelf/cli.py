@@ -219,6 +219,11 @@ def cmd_drift(a: argparse.Namespace) -> int:
                               "pass a CSV: `shelf drift NEW.csv`")
         a.data = root / source
     rep = check(".", a.data, a.model, predictions=not a.no_predictions)
+    if a.plot is not None:
+        from modelshelf import plots
+
+        written = plots.drift(rep.result, a.plot, rep.reference.version)
+        print(f"wrote {len(written)} charts to {a.plot}", file=sys.stderr)
     if a.json:
         print(json.dumps(rep.to_json(), indent=2))
     else:
@@ -253,6 +258,10 @@ def cmd_versions(a: argparse.Namespace) -> int:
 
     reg = open_registry(Workspace.open())
     rows = [r.summary() for r in reversed(reg.releases)]
+    if a.plot is not None:
+        from modelshelf import plots
+
+        print(f"wrote {plots.versions(reg.releases, a.plot)}", file=sys.stderr)
     if a.json:
         print(json.dumps({"name": reg.name, "versions": rows}, indent=2))
         return 0
@@ -428,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--md", action="store_true", help="markdown (the default output)")
     fmt.add_argument("--json", action="store_true")
     p.add_argument("--no-predictions", action="store_true", help="skip prediction drift")
+    p.add_argument("--plot", type=_p, metavar="DIR", help="also write one PNG per feature and overview.png")
 
     def pushable(p: argparse.ArgumentParser) -> None:
         p.add_argument("--push", action="store_true", help="push the tag to the git remote (atomically)")
@@ -443,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("versions", cmd_versions, "list releases with metrics and stages (read from git tags)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", type=_p, metavar="PNG", help="also chart every release's metrics over time")
 
     p = add("diff", cmd_diff, "metrics, hyperparameters and card differences between two releases")
     p.add_argument("old")

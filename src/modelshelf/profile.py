@@ -100,6 +100,9 @@ class FeatureDrift:
     missing_ref: float
     missing_new: float
     level: str  # "ok", "warn", "drift"
+    bins: tuple[str, ...] = ()          # what was compared: decile or category labels,
+    ref_shares: tuple[float, ...] = ()  # the training shares,
+    new_shares: tuple[float, ...] = ()  # and the new data's
 
 
 @dataclass(frozen=True)
@@ -150,8 +153,12 @@ def _numeric_drift(name: str, ref: Mapping[str, Any], values: Any, th: DriftPara
     n_ref = max(int(ref["rows"] * (1 - ref.get("missing", 0.0))), 1)
     n_eff = present.size * n_ref / (present.size + n_ref)
     p = float(stats.kstwo.sf(d, max(int(round(n_eff)), 1)))
+    q = ref["quantiles"]
+    bins = tuple(f"≤{q[10]:.3g}" if i == 0 else f">{q[90]:.3g}" if i == 9 else f"{q[10 * i]:.3g}–{q[10 * i + 10]:.3g}"
+                 for i in range(10))
     return FeatureDrift(name, "numeric", psi, "ks", d, p, ref.get("missing", 0.0), missing_new,
-                        _level(psi, p, th, n_tests))
+                        _level(psi, p, th, n_tests), bins, tuple(ref["shares"]),
+                        tuple(float(v) for v in _decile_shares(counts)))
 
 
 def _categorical_drift(name: str, ref: Mapping[str, Any], values: Any, th: DriftParams,
@@ -178,7 +185,8 @@ def _categorical_drift(name: str, ref: Mapping[str, Any], values: Any, th: Drift
     expected = expected / expected.sum() * n
     chi2, p = stats.chisquare(observed, expected)
     return FeatureDrift(name, "categorical", psi, "chi2", float(chi2), float(p), ref.get("missing", 0.0),
-                        missing_new, _level(psi, float(p), th, n_tests))
+                        missing_new, _level(psi, float(p), th, n_tests), tuple(cats),
+                        tuple(float(v) for v in expected_share), tuple(float(v) for v in observed / n))
 
 
 def _level(psi: float, p: float, th: DriftParams, n_tests: int) -> str:
