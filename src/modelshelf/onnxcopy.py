@@ -27,21 +27,55 @@ class Export:
     reason: str = ""
 
 
+NUMERIC_INPUT = "numeric_features"
+
+
 def feeds(columns: Mapping[str, Any], schema: Mapping[str, Any]) -> list[Any]:
-    """onnxruntime inputs, in the schema's feature order: one ``[n, 1]`` tensor per feature."""
+    """onnxruntime inputs in the graph's order: one ``[n, k]`` float32 matrix of the numeric
+    features (schema order), then one ``[n, 1]`` string tensor per categorical feature."""
     import numpy as np
 
-    out = []
+    numeric = [columns[f["name"]] for f in schema["features"] if f["kind"] == "numeric"]
+    out = [np.asarray(numeric, dtype=np.float32).T.copy()] if numeric else []
     for f in schema["features"]:
-        col = columns[f["name"]]
         if f["kind"] == "categorical":
-            arr = np.asarray(col, dtype=object)
+            arr = np.asarray(columns[f["name"]], dtype=object)
             missing = np.array([v is None or (isinstance(v, float) and v != v) for v in arr], dtype=bool)
-            arr = np.where(missing, MISSING_CATEGORY, arr).astype(str)
-        else:
-            arr = np.asarray(col, dtype=np.float32)
-        out.append(arr.reshape(-1, 1))
+            out.append(np.where(missing, MISSING_CATEGORY, arr).astype(str).reshape(-1, 1))
     return out
+
+
+def _one_numeric_input(data: bytes) -> bytes:
+    """Replace the graph's per-column float inputs by one ``[n, k]`` input split inside the graph.
+
+    One input instead of k makes each call cheaper (onnxruntime binds every input), and lets
+    callers build one matrix; the parity check below runs on the rewritten graph.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load_from_string(data)
+    graph = model.graph
+    numeric = [i for i in graph.input if i.type.tensor_type.elem_type == TensorProto.FLOAT]
+    if not numeric:
+        return data
+    others = [i for i in graph.input if i.type.tensor_type.elem_type != TensorProto.FLOAT]
+    names = [i.name for i in numeric]
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 11)
+    if opset >= 13:  # split sizes became an input in opset 13
+        sizes = helper.make_tensor("modelshelf_split_sizes", TensorProto.INT64, [len(names)], [1] * len(names))
+        graph.initializer.append(sizes)
+        split = helper.make_node("Split", [NUMERIC_INPUT, sizes.name], names, axis=1,
+                                 name="modelshelf_split_numeric")
+    else:
+        split = helper.make_node("Split", [NUMERIC_INPUT], names, axis=1, split=[1] * len(names),
+                                 name="modelshelf_split_numeric")
+    merged = helper.make_tensor_value_info(NUMERIC_INPUT, TensorProto.FLOAT, [None, len(names)])
+    del graph.input[:]
+    graph.input.extend([merged, *others])
+    graph.node.insert(0, split)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
 
 
 def _graph_pipeline(pipeline: Any) -> Any:
@@ -72,7 +106,7 @@ def export(pipeline: Any, schema: Mapping[str, Any], X: Any, y: Any, *,
         est = conv.steps[-1][1]
         options = {id(est): {"zipmap": False}} if schema["task"] != "regression" else None
         model = convert_sklearn(conv, initial_types=inputs, options=options)
-        data = model.SerializeToString()
+        data = _one_numeric_input(model.SerializeToString())
     except Exception as exc:  # noqa: BLE001 - the converter raises many kinds; record why
         return Export(None, {"checked": False}, f"skl2onnx cannot convert it: {type(exc).__name__}: "
                       f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")

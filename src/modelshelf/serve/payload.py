@@ -57,12 +57,24 @@ def parse(body: bytes, schema: Mapping[str, Any], max_rows: int) -> tuple[dict[s
         if len(rows) > max_rows:
             raise BadRequest(413, f"{len(rows)} rows is more than the limit of {max_rows}", "rows")
         columns: dict[str, list[Any]] = {n: [] for n in names}
+        wanted = set(names)
+        numeric = [(n, columns[n]) for n in names if kinds[n] == "numeric"]
+        categorical = [(n, columns[n]) for n in names if kinds[n] != "numeric"]
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
                 raise BadRequest(422, "each row must be an object", f"rows[{i}]")
-            _check_keys(row.keys(), names, f"rows[{i}]")
-            for n in names:
-                columns[n].append(_value(row[n], kinds[n], f"rows[{i}].{n}"))
+            if row.keys() != wanted:
+                _check_keys(row.keys(), names, f"rows[{i}]")
+            # Fast paths for well-formed values; anything else gets the full check and its field name.
+            for n, col in numeric:
+                v = row[n]
+                if (type(v) is float or type(v) is int) and -FLOAT32_MAX <= v <= FLOAT32_MAX:
+                    col.append(v)
+                else:
+                    col.append(_value(v, "numeric", f"rows[{i}].{n}"))
+            for n, col in categorical:
+                v = row[n]
+                col.append(v if type(v) is str else _value(v, "categorical", f"rows[{i}].{n}"))
         return columns, len(rows)
     cols = data["columns"]
     if not isinstance(cols, dict):
