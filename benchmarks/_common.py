@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from importlib import metadata
 from typing import Any
 
 BIN = Path(sys.executable).parent
@@ -190,3 +191,19 @@ def show(text: str, result: Mapping[str, Any], as_json: bool) -> int:
     if as_json:
         print(json.dumps(result, indent=2))
     return 0
+
+
+def version_of(dist: str) -> str:
+    """The installed version of ``dist``, or "-"."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages, or "-"."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "-"

@@ -64,11 +64,10 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from _common import (BenchError, Sample, bench_env, check, nproc, positive, run, scaffold, set_param, show,
+from _common import (BenchError, loadavg, version_of, Sample, bench_env, check, nproc, positive, run, scaffold, set_param, show,
                      tools_missing)
 
 GOAL = 3.0               # shelf drift at most this many times pandas alone reading the CSV
@@ -94,19 +93,6 @@ class Machine:
     load_start: str    # 1/5/15-minute load averages: other work on the machine skews timings
     load_end: str = "-"
 
-
-def version_of(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "-"
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "-"
 
 
 def machine() -> Machine:

@@ -103,11 +103,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from _common import (BenchError, bench_env, check, environ, nproc, positive, run, scaffold, set_param, sha256,
+from _common import (BenchError, loadavg, version_of, bench_env, check, environ, nproc, positive, run, scaffold, set_param, sha256,
                      show, tools_missing)
 
 LOADGEN = Path(__file__).resolve().with_name("_loadgen.py")
@@ -235,19 +234,6 @@ def hermetic_env(home: Path) -> dict[str, str]:
     env.update({"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"})
     return env
 
-
-def version_of(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "-"
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "-"
 
 
 # -- commands and the project --------------------------------------------------------------------
