@@ -874,6 +874,8 @@ def test_corrupted_version_is_refused_and_the_old_one_keeps_serving(
     for body in (rows_body(row), columns_body(row)):
         r = s.post("/predict", body)
         assert r.status == 200 and r.json()["version"] == "1.0.0", r
+    # Asking again refuses again, but the same refused version is counted once.
+    assert "refused" in s.post("/admin/reload", b"", headers={"Authorization": f"Bearer {TOKEN}"}).json()["result"]
     samples = parse_metrics(s.get("/metrics").body.decode())
     assert one(samples, "modelshelf_model_load_failures_total") == 1
     assert one(samples, "modelshelf_model_swaps_total") == 0

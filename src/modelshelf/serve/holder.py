@@ -52,8 +52,10 @@ class Holder:
             return f"serving v{new.version} ({new.format})" + (f", was v{old.version}" if old else "")
 
     def _refuse(self, message: str) -> str:
-        self.failures += 1
-        self.error = f"refused {self.spec}: {message}"
+        error = f"refused {self.spec}: {message}"
+        if error != self.error:  # count a refused version once, not once per poll
+            self.failures += 1
+        self.error = error
         if self.current is None:
             raise RuntimeError(self.error)
         return self.error
