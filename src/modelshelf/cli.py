@@ -2,7 +2,7 @@
 
 Exit codes: 0 success, 1 internal error, 2 bad configuration or data, 3 gate failed,
 4 integrity (hash) failure, 5 library version mismatch, 6 git/DVC state,
-7 release refused, 8 DVC remote error.
+7 release refused, 8 DVC remote error, 9 drift detected, 10 schema break.
 """
 
 from __future__ import annotations
