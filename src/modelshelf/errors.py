@@ -82,10 +82,3 @@ class SchemaBreak(ShelfError):
     """New data no longer fits the model's input schema (missing, new or retyped columns)."""
 
     exit_code = 10
-
-
-EXIT_CODES: dict[str, int] = {
-    cls.__name__: cls.exit_code
-    for cls in (ShelfError, ConfigError, DataError, GateFailed, IntegrityError,
-                VersionMismatchError, GitError, ReleaseRefused, RemoteError, DriftDetected, SchemaBreak)
-}

@@ -61,10 +61,6 @@ class GitRepo:
         proc = self.run("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
         return proc.stdout.strip() if proc.returncode == 0 else None
 
-    def has_commits(self) -> bool:
-        """True when HEAD names a commit (false on an unborn branch)."""
-        return self.resolve("HEAD") is not None
-
     def has_any_commit(self) -> bool:
         """True when any ref in the repository names a commit."""
         return bool(self.run("rev-list", "-n", "1", "--all").stdout.strip())

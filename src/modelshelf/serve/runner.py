@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,9 +112,3 @@ def example_columns(schema: Mapping[str, Any]) -> dict[str, list[Any]]:
             cats = f.get("categories") or [None]
             out[f["name"]] = [cats[0]]
     return out
-
-
-def json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
