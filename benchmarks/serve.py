@@ -505,8 +505,9 @@ def measure_breakdown(models: Path, row: Row, n: int) -> dict[str, float]:
     """p50 (µs) of the pieces of one /predict, in this process, no socket: where the time goes."""
     import asyncio
 
+    import orjson
+
     from modelshelf.onnxcopy import feeds
-    from modelshelf.serve.payload import parse
     from modelshelf.serve.server import build
 
     app = build(str(models), poll=0)
@@ -514,9 +515,9 @@ def measure_breakdown(models: Path, row: Row, n: int) -> dict[str, float]:
     assert cur is not None
     schema = cur.card["input_schema"]
     body = row.shelf_body()
-    columns, _ = parse(body, schema, 10_000)
-    tensors = feeds(columns, schema)
-    result = cur.runner.predict(columns)
+    batch = cur.parser.parse(body)
+    tensors = feeds(batch)
+    result = cur.runner.predict(batch)
     loop = asyncio.new_event_loop()
 
     async def receive() -> dict[str, Any]:
@@ -528,11 +529,11 @@ def measure_breakdown(models: Path, row: Row, n: int) -> dict[str, float]:
     predict_scope = {"type": "http", "path": "/predict", "method": "POST", "headers": []}
     ping_scope = {"type": "http", "path": "/ping", "method": "GET", "headers": []}
     pieces: dict[str, Callable[[], Any]] = {
-        "parse (json + checks)": lambda: parse(body, schema, 10_000),
-        "feeds (one tensor per feature)": lambda: feeds(columns, schema),
+        "parse (json + checks)": lambda: cur.parser.parse(body),
+        "feeds (float32 matrix)": lambda: feeds(batch),
         "onnxruntime run": lambda: cur.runner.session.run(tensors),
-        "runner.predict (feeds+run+lists)": lambda: cur.runner.predict(columns),
-        "json.dumps answer": lambda: json.dumps({"model": cur.name, "version": cur.version, **result}).encode(),
+        "runner.predict (feeds+run+lists)": lambda: cur.runner.predict(batch),
+        "orjson.dumps answer": lambda: orjson.dumps({"model": cur.name, "version": cur.version, **result}),
         "app /predict (ASGI, no socket)": lambda: loop.run_until_complete(app(predict_scope, receive, send)),
         "app /ping (ASGI, no socket)": lambda: loop.run_until_complete(app(ping_scope, receive, send)),
     }

@@ -143,7 +143,9 @@ def _predict(start: str | Path, ref: Reference, frame: Any) -> Any:
             columns[f["name"]] = col.to_numpy(dtype=float)
         else:
             columns[f["name"]] = col.to_numpy(dtype=object)
-    return loaded.runner.predict(columns)["predictions"]
+    from modelshelf.features import Batch
+
+    return loaded.runner.predict(Batch.from_columns(columns, ref.card["input_schema"]))["predictions"]
 
 
 def _finite(v: float) -> float | None:

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from modelshelf.features import Batch
+
 # The pipeline fills missing categories with this; the graph expects callers to (see feeds).
 MISSING_CATEGORY = "__missing__"
 ONNX_FILE = "model.onnx"
@@ -30,18 +32,14 @@ class Export:
 NUMERIC_INPUT = "numeric_features"
 
 
-def feeds(columns: Mapping[str, Any], schema: Mapping[str, Any]) -> list[Any]:
+def feeds(batch: Batch) -> list[Any]:
     """onnxruntime inputs in the graph's order: one ``[n, k]`` float32 matrix of the numeric
     features (schema order), then one ``[n, 1]`` string tensor per categorical feature."""
     import numpy as np
 
-    numeric = [columns[f["name"]] for f in schema["features"] if f["kind"] == "numeric"]
-    out = [np.asarray(numeric, dtype=np.float32).T.copy()] if numeric else []
-    for f in schema["features"]:
-        if f["kind"] == "categorical":
-            arr = np.asarray(columns[f["name"]], dtype=object)
-            missing = np.array([v is None or (isinstance(v, float) and v != v) for v in arr], dtype=bool)
-            out.append(np.where(missing, MISSING_CATEGORY, arr).astype(str).reshape(-1, 1))
+    out = [batch.numeric.astype(np.float32)] if batch.numeric.shape[1] else []
+    for values in batch.categorical.values():
+        out.append(np.array([MISSING_CATEGORY if v is None else v for v in values], dtype=str).reshape(-1, 1))
     return out
 
 
@@ -74,8 +72,34 @@ def _one_numeric_input(data: bytes) -> bytes:
     del graph.input[:]
     graph.input.extend([merged, *others])
     graph.node.insert(0, split)
+    _drop_split_concat(graph, names)
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def _drop_split_concat(graph: Any, names: list[str]) -> None:
+    """When the graph only concatenates the split columns back in order (a numeric-only
+    pipeline), feed the input matrix straight through: two fewer operators per call."""
+    consumers = [n for n in graph.node if any(x in names for x in n.input)]
+    if len(consumers) != 1 or consumers[0].op_type != "Concat" or list(consumers[0].input) != names:
+        return
+    concat = consumers[0]
+    axis = next((a.i for a in concat.attribute if a.name == "axis"), None)
+    merged = concat.output[0]
+    if axis not in (1, -1) or any(o.name == merged for o in graph.output):
+        return
+    split = next(n for n in graph.node if list(n.output) == names)
+    for node in graph.node:
+        for i, x in enumerate(node.input):
+            if x == merged:
+                node.input[i] = NUMERIC_INPUT
+    kept = [n for n in graph.node if n is not split and n is not concat]
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {x for n in graph.node for x in n.input}
+    inits = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
 
 
 def _graph_pipeline(pipeline: Any) -> Any:
@@ -113,7 +137,7 @@ def export(pipeline: Any, schema: Mapping[str, Any], X: Any, y: Any, *,
 
     session = Session(data)
     cols = {f["name"]: X[f["name"]].to_numpy() for f in schema["features"]}
-    out = session.run(feeds(cols, schema))
+    out = session.run(feeds(Batch.from_columns(cols, schema)))
     rows = int(len(X))
     if schema["task"] == "regression":
         expected = np.asarray(pipeline.predict(X), dtype=float)

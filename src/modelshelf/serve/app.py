@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
+
 from modelshelf.serve.holder import Holder
 from modelshelf.serve.metrics import Metrics
-from modelshelf.serve.payload import BadRequest, parse
+from modelshelf.serve.payload import BadRequest
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -52,9 +53,9 @@ class App:
             else:
                 status, body, headers = await self._other(path, method, scope, receive)
         except BadRequest as exc:
-            status, body, headers = exc.status, json.dumps(exc.body()).encode(), JSON
+            status, body, headers = exc.status, orjson.dumps(exc.body()), JSON
         except Exception as exc:  # noqa: BLE001 - a bug answers 500 and the server keeps serving
-            status, body, headers = 500, json.dumps({"error": f"internal error: {type(exc).__name__}"}).encode(), JSON
+            status, body, headers = 500, orjson.dumps({"error": f"internal error: {type(exc).__name__}"}), JSON
         await send({"type": "http.response.start", "status": status,
                     "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -81,13 +82,12 @@ class App:
         body = await self._read(receive)
         if loaded is None:
             return 503, b'{"error":"no model loaded yet"}', 0
-        columns, n = parse(body, loaded.card["input_schema"], self.max_rows)
-        if n <= INLINE_ROWS:
-            result = loaded.runner.predict(columns)
+        batch = loaded.parser.parse(body)
+        if batch.n <= INLINE_ROWS:
+            result = loaded.runner.predict(batch)
         else:
-            result = await asyncio.to_thread(loaded.runner.predict, columns)
-        out = {"model": loaded.name, "version": loaded.version, **result}
-        return 200, json.dumps(out).encode(), n
+            result = await asyncio.to_thread(loaded.runner.predict, batch)
+        return 200, orjson.dumps({"model": loaded.name, "version": loaded.version, **result}), batch.n
 
     async def _other(self, path: str, method: str, scope: Scope,
                      receive: Receive) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
@@ -100,11 +100,11 @@ class App:
                 state = "ok" if not h.error else "degraded"
                 body = {"status": state, "version": cur.version if cur else None,
                         "format": cur.format if cur else None, "following": h.spec, "error": h.error or None}
-                return 200, json.dumps(body).encode(), JSON
+                return 200, orjson.dumps(body), JSON
             if path == "/ready":
                 if cur is None:
                     return 503, b'{"ready":false}', JSON
-                return 200, json.dumps({"ready": True, "version": cur.version}).encode(), JSON
+                return 200, orjson.dumps({"ready": True, "version": cur.version}), JSON
             if path == "/model" and cur is not None:
                 return 200, cur.card_json, JSON
             if path == "/openapi.json" and cur is not None:
@@ -121,8 +121,8 @@ class App:
             if not hmac.compare_digest(given, b"Bearer " + self.admin_token.encode()):
                 return 401, b'{"error":"missing or wrong bearer token"}', JSON
             outcome = await self.reload_hook() if self.reload_hook else "no reload hook"
-            return 200, json.dumps({"result": outcome, "version": h.current.version if h.current else None,
-                                    "error": h.error or None}).encode(), JSON
+            return 200, orjson.dumps({"result": outcome, "version": h.current.version if h.current else None,
+                                      "error": h.error or None}), JSON
         if path in ("/predict", "/health", "/ready", "/model", "/metrics", "/openapi.json", "/ping",
                     "/admin/reload"):
             return 405, b'{"error":"method not allowed"}', JSON

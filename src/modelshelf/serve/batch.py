@@ -8,6 +8,7 @@ from typing import Any
 
 from modelshelf import artefacts
 from modelshelf.errors import DataError
+from modelshelf.features import Batch
 from modelshelf.params import suggest
 
 
@@ -41,7 +42,7 @@ def predict_csv(spec: str, source: Path, output: Path, *, repo: Path = Path(".")
     if missing:
         raise DataError(str(source), f"missing feature column '{missing[0]}'",
                         suggest(missing[0], tuple(map(str, frame.columns)), "columns"))
-    columns: dict[str, list[Any]] = {}
+    columns: dict[str, Any] = {}
     for f in schema["features"]:
         col = frame[f["name"]]
         if f["kind"] == "numeric":
@@ -53,11 +54,11 @@ def predict_csv(spec: str, source: Path, output: Path, *, repo: Path = Path(".")
                                 "fix the value or leave it empty for missing")
             if np.isinf(values.to_numpy(dtype=float)).any():
                 raise DataError(str(source), f"column '{f['name']}' holds infinity", "replace it")
-            columns[f["name"]] = values.to_numpy(dtype=float).tolist()
+            columns[f["name"]] = values.to_numpy(dtype=float)
         else:
             columns[f["name"]] = [None if v is None or (isinstance(v, float) and v != v) else str(v)
                                   for v in col.tolist()]
-    result = loaded.runner.predict(columns) if len(frame) else {"predictions": []}
+    result = loaded.runner.predict(Batch.from_columns(columns, schema)) if len(frame) else {"predictions": []}
     out = pd.DataFrame({"prediction": result["predictions"]})
     for i, cls in enumerate(result.get("classes") or []):
         if "probabilities" in result:

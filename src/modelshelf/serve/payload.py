@@ -5,10 +5,17 @@ Every problem becomes a :class:`BadRequest` naming the field; nothing here raise
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import operator
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
+import orjson
+
+from modelshelf.features import Batch
 
 
 FLOAT32_MAX = 3.4e38  # a little below float32's largest finite value
@@ -34,64 +41,113 @@ def _reject_constant(name: str) -> float:
     raise ValueError(name)
 
 
-def parse(body: bytes, schema: Mapping[str, Any], max_rows: int) -> tuple[dict[str, list[Any]], int]:
-    """``(columns, n_rows)`` from ``{"rows": [{…}, …]}`` or ``{"columns": {name: […]}}``."""
+_NUMBER = frozenset({float, int, type(None)})
+_TEXT = frozenset({str, type(None)})
+
+
+def _loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass  # orjson is stricter than the standard library (big numbers): ask it, for the verdict
     try:
         # NaN and Infinity are not JSON; missing values are null.
-        data = json.loads(body, parse_constant=_reject_constant)
+        return json.loads(body, parse_constant=_reject_constant)
     except ValueError as exc:
         if exc.args and exc.args[0] in ("NaN", "Infinity", "-Infinity"):
             raise BadRequest(422, f"{exc.args[0]} is not accepted: send null for a missing value") from None
         raise BadRequest(400, "the body is not valid JSON") from None
     except RecursionError:
         raise BadRequest(400, "the body is nested too deeply") from None
-    if not isinstance(data, dict) or set(data) not in ({"rows"}, {"columns"}):
-        raise BadRequest(400, 'send {"rows": [{feature: value, …}, …]} or {"columns": {feature: [values]}}, '
-                         "and nothing else")
-    names = [f["name"] for f in schema["features"]]
-    kinds = {f["name"]: f["kind"] for f in schema["features"]}
-    if "rows" in data:
-        rows = data["rows"]
+
+
+class Parser:
+    """Parses ``/predict`` bodies for one input schema into a :class:`Batch`.
+
+    Well-formed payloads take a vectorised path (type checks over whole rows, one matrix
+    conversion); anything else is re-checked value by value so the error names its field.
+    """
+
+    def __init__(self, schema: Mapping[str, Any], max_rows: int) -> None:
+        self.schema = schema
+        self.max_rows = max_rows
+        self.names = [f["name"] for f in schema["features"]]
+        self.kinds = {f["name"]: f["kind"] for f in schema["features"]}
+        self.numeric = [n for n in self.names if self.kinds[n] == "numeric"]
+        self.categorical = [n for n in self.names if self.kinds[n] != "numeric"]
+        self.wanted = frozenset(self.names)
+        get = operator.itemgetter(*self.numeric) if self.numeric else None
+        # itemgetter of one key returns the value, not a 1-tuple
+        self._numeric_of = (lambda row: (get(row),)) if len(self.numeric) == 1 else get
+
+    def parse(self, body: bytes) -> Batch:
+        """The rows of ``{"rows": [{…}, …]}`` or ``{"columns": {name: […]}}``, checked."""
+        data = _loads(body)
+        if type(data) is not dict or data.keys() not in ({"rows"}, {"columns"}):
+            raise BadRequest(400, 'send {"rows": [{feature: value, …}, …]} or {"columns": {feature: [values]}}, '
+                             "and nothing else")
+        return self._rows(data["rows"]) if "rows" in data else self._columns(data["columns"])
+
+    def _rows(self, rows: Any) -> Batch:
         if not isinstance(rows, list) or not rows:
             raise BadRequest(422, "rows must be a non-empty list of objects", "rows")
-        if len(rows) > max_rows:
-            raise BadRequest(413, f"{len(rows)} rows is more than the limit of {max_rows}", "rows")
-        columns: dict[str, list[Any]] = {n: [] for n in names}
-        wanted = set(names)
-        numeric = [(n, columns[n]) for n in names if kinds[n] == "numeric"]
-        categorical = [(n, columns[n]) for n in names if kinds[n] != "numeric"]
+        if len(rows) > self.max_rows:
+            raise BadRequest(413, f"{len(rows)} rows is more than the limit of {self.max_rows}", "rows")
+        wanted = self.wanted
         for i, row in enumerate(rows):
-            if not isinstance(row, dict):
+            if type(row) is not dict:
                 raise BadRequest(422, "each row must be an object", f"rows[{i}]")
             if row.keys() != wanted:
-                _check_keys(row.keys(), names, f"rows[{i}]")
-            # Fast paths for well-formed values; anything else gets the full check and its field name.
-            for n, col in numeric:
-                v = row[n]
-                if (type(v) is float or type(v) is int) and -FLOAT32_MAX <= v <= FLOAT32_MAX:
-                    col.append(v)
-                else:
-                    col.append(_value(v, "numeric", f"rows[{i}].{n}"))
-            for n, col in categorical:
-                v = row[n]
-                col.append(v if type(v) is str else _value(v, "categorical", f"rows[{i}].{n}"))
-        return columns, len(rows)
-    cols = data["columns"]
-    if not isinstance(cols, dict):
-        raise BadRequest(422, "columns must be an object of lists", "columns")
-    _check_keys(cols.keys(), names, "columns")
-    lengths = {len(v) if isinstance(v, list) else -1 for v in cols.values()}
-    if -1 in lengths:
-        bad = next(k for k, v in cols.items() if not isinstance(v, list))
-        raise BadRequest(422, "each column must be a list", f"columns.{bad}")
-    if len(lengths) != 1 or 0 in lengths:
-        raise BadRequest(422, "columns must be non-empty lists of one length", "columns")
-    n = lengths.pop()
-    if n > max_rows:
-        raise BadRequest(413, f"{n} rows is more than the limit of {max_rows}", "columns")
-    out = {name: [_value(v, kinds[name], f"columns.{name}[{i}]") for i, v in enumerate(cols[name])]
-           for name in names}
-    return out, n
+                _check_keys(row.keys(), self.names, f"rows[{i}]")
+        matrix = self._matrix(list(map(self._numeric_of, rows)) if self.numeric else None, len(rows))
+        categorical = {n: [row[n] for row in rows] for n in self.categorical}
+        if matrix is None or not all(_TEXT.issuperset(map(type, v)) for v in categorical.values()):
+            self._explain_rows(rows)
+        return Batch(matrix, categorical, len(rows))  # type: ignore[arg-type]
+
+    def _explain_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Raise for the first value the fast path refused, in row order."""
+        for i, row in enumerate(rows):
+            for n in (*self.numeric, *self.categorical):
+                _value(row[n], self.kinds[n], f"rows[{i}].{n}")
+        raise AssertionError("a value failed the fast check but passed the full one")
+
+    def _columns(self, cols: Any) -> Batch:
+        if not isinstance(cols, dict):
+            raise BadRequest(422, "columns must be an object of lists", "columns")
+        _check_keys(cols.keys(), self.names, "columns")
+        lengths = {len(v) if type(v) is list else -1 for v in cols.values()}
+        if -1 in lengths:
+            bad = next(k for k, v in cols.items() if type(v) is not list)
+            raise BadRequest(422, "each column must be a list", f"columns.{bad}")
+        if len(lengths) != 1 or 0 in lengths:
+            raise BadRequest(422, "columns must be non-empty lists of one length", "columns")
+        n = lengths.pop()
+        if n > self.max_rows:
+            raise BadRequest(413, f"{n} rows is more than the limit of {self.max_rows}", "columns")
+        matrix = self._matrix([cols[name] for name in self.numeric] if self.numeric else None, n, transposed=True)
+        categorical = {name: cols[name] for name in self.categorical}
+        if matrix is None or not all(_TEXT.issuperset(map(type, v)) for v in categorical.values()):
+            for name in (*self.numeric, *self.categorical):
+                for i, v in enumerate(cols[name]):
+                    _value(v, self.kinds[name], f"columns.{name}[{i}]")
+            raise AssertionError("a value failed the fast check but passed the full one")
+        return Batch(matrix, categorical, n)
+
+    def _matrix(self, values: list[Any] | None, n: int, transposed: bool = False) -> np.ndarray | None:
+        """The numeric features as ``[n, k]`` float64 (null → NaN), or None when some value is
+        not a number in float32's range (the caller then finds and names it)."""
+        if values is None:
+            return np.empty((n, 0), dtype=np.float64)
+        if not _NUMBER.issuperset(map(type, itertools.chain.from_iterable(values))):
+            return None
+        try:
+            matrix = np.array(values, dtype=np.float64)
+        except (OverflowError, ValueError):  # an integer beyond float64
+            return None
+        if (np.abs(matrix) > FLOAT32_MAX).any():  # beyond float32, where the graph computes
+            return None
+        return np.ascontiguousarray(matrix.T) if transposed else matrix
 
 
 def _check_keys(keys: Any, names: list[str], where: str) -> None:

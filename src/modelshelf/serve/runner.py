@@ -11,7 +11,8 @@ from typing import Any
 from modelshelf import artefacts
 from modelshelf.card import CARD_FILE, parse_card
 from modelshelf.errors import IntegrityError
-from modelshelf.serve.payload import openapi
+from modelshelf.features import Batch
+from modelshelf.serve.payload import Parser, openapi
 
 
 class OnnxRunner:
@@ -25,10 +26,10 @@ class OnnxRunner:
         self.session = Session(data)
         self.schema = schema
 
-    def predict(self, columns: Mapping[str, list[Any]]) -> dict[str, Any]:
+    def predict(self, batch: Batch) -> dict[str, Any]:
         from modelshelf.onnxcopy import feeds
 
-        out = self.session.run(feeds(columns, self.schema))
+        out = self.session.run(feeds(batch))
         if self.schema["task"] == "regression":
             return {"predictions": out[0].reshape(-1).tolist()}
         result: dict[str, Any] = {"predictions": out[0].reshape(-1).tolist()}
@@ -47,15 +48,15 @@ class JoblibRunner:
         self.model = model
         self.schema = schema
 
-    def predict(self, columns: Mapping[str, list[Any]]) -> dict[str, Any]:
+    def predict(self, batch: Batch) -> dict[str, Any]:
         import numpy as np
         import pandas as pd
 
-        frame = pd.DataFrame({f["name"]: pd.Series(columns[f["name"]], dtype=object if f["kind"] == "categorical"
-                                                   else float) for f in self.schema["features"]})
-        for f in self.schema["features"]:
-            if f["kind"] == "categorical":
-                frame[f["name"]] = frame[f["name"]].where(frame[f["name"]].notna(), np.nan)
+        numeric = iter(batch.numeric.T)
+        frame = pd.DataFrame({
+            f["name"]: next(numeric) if f["kind"] == "numeric"
+            else pd.Series(batch.categorical[f["name"]], dtype=object).fillna(np.nan)
+            for f in self.schema["features"]})
         result: dict[str, Any] = {"predictions": np.asarray(self.model.predict(frame)).tolist()}
         if self.schema["task"] != "regression" and hasattr(self.model, "predict_proba"):
             result["classes"] = self.schema.get("classes")
@@ -71,6 +72,7 @@ class Loaded:
     version: str
     card: dict[str, Any]
     runner: OnnxRunner | JoblibRunner
+    parser: Parser
     card_json: bytes
     openapi_json: bytes
 
@@ -97,8 +99,9 @@ def load(directory: Path, *, allow_version_mismatch: bool = False, max_rows: int
                                         sklearn_version=card["dependencies"].get("scikit-learn"),
                                         allow_version_mismatch=allow_version_mismatch, label="the card's")
         runner = JoblibRunner(model, schema)
-    runner.predict(example_columns(schema))  # warm up before anyone depends on it
-    return Loaded(card["name"], str(card["version"]), card, runner, json.dumps(card).encode(),
+    parser = Parser(schema, max_rows)
+    runner.predict(Batch.from_columns(example_columns(schema), schema))  # warm up before anyone depends on it
+    return Loaded(card["name"], str(card["version"]), card, runner, parser, json.dumps(card).encode(),
                   json.dumps(openapi(card, max_rows)).encode())
 
 

@@ -55,5 +55,5 @@ def run(app: App, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve ``app`` with uvicorn until interrupted."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on", proxy_headers=False,
                 timeout_graceful_shutdown=5)
