@@ -80,6 +80,17 @@ def test_psi_is_zero_for_identical_shares_and_grows_with_shift() -> None:
     assert P._psi([0.5, 0.5], [0.6, 0.4]) < P._psi([0.5, 0.5], [0.8, 0.2])
 
 
+def test_threaded_comparison_of_a_large_frame_equals_the_serial_one(reference: dict,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    new = frame(P.PARALLEL_ROWS, seed=11, shift=0.05)
+    new.loc[::7, "x4"] = np.inf
+    monkeypatch.setattr(P, "_workers", lambda: 2)
+    threaded = P.compare(reference, SCHEMA, new, DriftParams())
+    monkeypatch.setattr(P, "PARALLEL_ROWS", len(new) + 1)
+    serial = P.compare(reference, SCHEMA, new, DriftParams())
+    assert threaded == serial and [f.name for f in threaded.features] == [f["name"] for f in SCHEMA["features"]]
+
+
 @pytest.mark.slow
 def test_shelf_drift_cli_exit_codes_and_reports(built: Project) -> None:
     test = pd.read_csv(built.root / "data/prepared/test.csv")
