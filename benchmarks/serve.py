@@ -32,7 +32,8 @@ Measured, on that model and this machine:
 2. **(a) In-process** ``model.predict`` of the same row (a one-row pandas
    DataFrame) with the verified joblib pipeline: p50/p99 of ``--requests`` calls.
    For the breakdown, the pieces of one /predict (parse, tensors, onnxruntime,
-   the ASGI app without a socket) are timed in-process too.
+   the app without a socket) are timed in-process too, called back to back and
+   each after a 100 µs sleep (what a server does between requests).
 3. **(b) MLflow**: the same fitted pipeline (model.joblib, verified by sha256
    against card.json, loaded with joblib in MLflow's own venv) saved with
    ``mlflow.sklearn.save_model`` (MLflow's default, skops, trusting exactly the
@@ -44,8 +45,8 @@ Measured, on that model and this machine:
    venv`` + ``pip install mlflow scikit-learn==<the project's>``), never in the
    project's.  If it cannot be installed the run prints ``mlflow: unavailable
    (reason)`` and goes on.  ``--skip-mlflow`` leaves it out.
-4. **(c) The HTTP floor**: GET /ping on the same shelf server (same uvicorn +
-   httptools + uvloop stack, constant answer): p50/p99 from one client, its runs
+4. **(c) The HTTP floor**: GET /ping on the same shelf server (the same
+   asyncio/uvloop + httptools server, modelshelf.serve.httpd; constant answer): p50/p99 from one client, its runs
    interleaved with the /predict runs (the order rotates every round) so both
    see the same background load.  For context, POST /ping with the /predict
    body (answered 405, the body unread) is measured the same way: the floor
@@ -57,8 +58,8 @@ Measured, on that model and this machine:
    ``--cold-runs`` (3) of each, interleaved, medians.  Then, to show where the
    difference goes, a child process does ``shelf serve``'s work up to
    listening and times each part (start-up; imports of onnxruntime, asyncio,
-   uvicorn, modelshelf; loading); the rest of the median cold start is uvicorn's
-   start-up and the first request.
+   uvloop+httptools, modelshelf; loading); the rest of the median cold start is
+   the CLI, binding the socket and the first request.
 6. **Hot swap**: two verified versions, v1 (the 100-tree model, copied from
    models/) and v2 (``n_estimators: 60``, ``gate.tolerance: 0.05``, ``dvc
    repro``, copied), and a symlink ``current`` pointing at one of them, swapped
@@ -501,10 +502,25 @@ def measure_in_process(model: Any, row: Row, n: int, warmup: int, max_seconds: f
                                                            min(warmup, 20), max_seconds))
 
 
-def measure_breakdown(models: Path, row: Row, n: int) -> dict[str, float]:
-    """p50 (µs) of the pieces of one /predict, in this process, no socket: where the time goes."""
-    import asyncio
+def time_calls_after_idle(fn: Callable[[], Any], n: int, idle: float, max_seconds: float) -> list[float]:
+    """Like :func:`time_calls`, each call after ``idle`` seconds asleep, as a server between
+    requests: on this kind of machine code runs slower on a CPU that has just idled."""
+    fn()
+    out: list[float] = []
+    stop = time.perf_counter() + max_seconds
+    for _ in range(n):
+        time.sleep(idle)
+        s = time.perf_counter()
+        if s >= stop:
+            break
+        fn()
+        out.append(time.perf_counter() - s)
+    return out
 
+
+def measure_breakdown(models: Path, row: Row, n: int) -> dict[str, tuple[float, float]]:
+    """p50 (µs) of the pieces of one /predict, in this process, no socket: where the time goes;
+    called back to back, and each after a 100 µs sleep."""
     import orjson
 
     from modelshelf.onnxcopy import feeds
@@ -513,34 +529,22 @@ def measure_breakdown(models: Path, row: Row, n: int) -> dict[str, float]:
     app = build(str(models), poll=0)
     cur = app.holder.current
     assert cur is not None
-    schema = cur.card["input_schema"]
     body = row.shelf_body()
     batch = cur.parser.parse(body)
     tensors = feeds(batch)
     result = cur.runner.predict(batch)
-    loop = asyncio.new_event_loop()
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(_m: dict[str, Any]) -> None:
-        return None
-
-    predict_scope = {"type": "http", "path": "/predict", "method": "POST", "headers": []}
-    ping_scope = {"type": "http", "path": "/ping", "method": "GET", "headers": []}
     pieces: dict[str, Callable[[], Any]] = {
         "parse (json + checks)": lambda: cur.parser.parse(body),
         "feeds (float32 matrix)": lambda: feeds(batch),
         "onnxruntime run": lambda: cur.runner.session.run(tensors),
         "runner.predict (feeds+run+lists)": lambda: cur.runner.predict(batch),
         "orjson.dumps answer": lambda: orjson.dumps({"model": cur.name, "version": cur.version, **result}),
-        "app /predict (ASGI, no socket)": lambda: loop.run_until_complete(app(predict_scope, receive, send)),
-        "app /ping (ASGI, no socket)": lambda: loop.run_until_complete(app(ping_scope, receive, send)),
+        "app.handle /predict (no socket)": lambda: app.handle("POST", "/predict", body),
+        "app.handle /ping (no socket)": lambda: app.handle("GET", "/ping", b""),
     }
-    try:
-        return {k: statistics.median(time_calls(f, n, 200, 30.0)) * 1e6 for k, f in pieces.items()}
-    finally:
-        loop.close()
+    return {k: (statistics.median(time_calls(f, n, 200, 30.0)) * 1e6,
+                statistics.median(time_calls_after_idle(f, min(n, 1000), 1e-4, 30.0)) * 1e6)
+            for k, f in pieces.items()}
 
 
 # -- shelf over HTTP -----------------------------------------------------------------------------
@@ -761,9 +765,9 @@ import onnxruntime
 mark("import onnxruntime (+numpy)")
 import asyncio, concurrent.futures, logging
 mark("import asyncio")
-import uvicorn, uvloop, httptools, uvicorn.protocols.http.httptools_impl, uvicorn.loops.uvloop, uvicorn.lifespan.on
-mark("import uvicorn+uvloop+httptools")
-import modelshelf.cli, modelshelf.serve.server, modelshelf.serve.runner, modelshelf.onnxcopy
+import uvloop, httptools
+mark("import uvloop+httptools")
+import modelshelf.cli, modelshelf.serve.server, modelshelf.serve.runner, modelshelf.onnxcopy, modelshelf.serve.httpd
 mark("import modelshelf serve path")
 from modelshelf.serve.server import build
 build(sys.argv[1], poll=0)
@@ -829,7 +833,7 @@ def measure_cold(root: Path, work: Path, env: Mapping[str, str], row: Row, runs:
             (shelf_t if f is shelf_once else floor_t).append(f())
     samples = [parts_once() for _ in range(runs)]
     parts = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
-    parts["the rest: uvicorn start-up, first request"] = statistics.median(shelf_t) - sum(parts.values())
+    parts["the rest: CLI, listening, first request"] = statistics.median(shelf_t) - sum(parts.values())
     return Cold(shelf_t, floor_t, parts)
 
 
@@ -958,7 +962,7 @@ def verdict(ok: bool | None, miss: str = "ABOVE GOAL") -> str:
     return "n/a" if ok is None else ("OK" if ok else miss)
 
 
-def report(info: dict[str, str], inproc: Latency, breakdown: dict[str, float], sh: ShelfHttp,
+def report(info: dict[str, str], inproc: Latency, breakdown: dict[str, tuple[float, float]], sh: ShelfHttp,
            ml: MlflowResult | None, cold: Cold, sw: SwapResult, same_label: str) -> tuple[str, dict[str, Any]]:
     p1, g1, pn = sh.predict.latency(), sh.ping.latency(), sh.predict_conc.latency()
     shelf_p50, floor_p50 = p1.p50, g1.p50
@@ -972,7 +976,7 @@ def report(info: dict[str, str], inproc: Latency, breakdown: dict[str, float], s
 
     lines = [
         row("machine", f"nproc {info['nproc']}, python {info['python']}, scikit-learn {info['scikit-learn']}, "
-                       f"onnxruntime {info['onnxruntime']}, uvicorn {info['uvicorn']}"
+                       f"onnxruntime {info['onnxruntime']}, uvloop {info['uvloop']}, httptools {info['httptools']}"
                        + (f", mlflow {info['mlflow']}" if "mlflow" in info else "")),
         row("", f"{info['platform']}; load average {info['load avg at start']} at start, "
                 f"{info.get('load avg at end', '-')} at end"),
@@ -1017,7 +1021,8 @@ def report(info: dict[str, str], inproc: Latency, breakdown: dict[str, float], s
                                            for k, v in seen)
                 + f"; p99 in the swap window {ms(sw.swap_p99)}, steady {ms(sw.steady_p99)} "
                   f"(steady run {sw.steady.requests:,} requests, {sw.steady.failed} failed)"),
-        row("breakdown", "in-process p50 µs: " + ", ".join(f"{k} {v:.1f}" for k, v in breakdown.items())),
+        row("breakdown", "in-process p50 µs, back to back / after 100 µs idle: "
+                         + ", ".join(f"{k} {hot:.1f} / {idle:.1f}" for k, (hot, idle) in breakdown.items())),
         row("sanity", f"same label from in-process sklearn, shelf and MLflow: {same_label}"),
         "goals",
     ]
@@ -1055,7 +1060,8 @@ def report(info: dict[str, str], inproc: Latency, breakdown: dict[str, float], s
         "shelf": {"predict": sh.predict.to_json(), "ping": sh.ping.to_json(), "ping_post_body": sh.ping_body.to_json(),
                   "predict_concurrent": sh.predict_conc.to_json(), "ping_concurrent": sh.ping_conc.to_json()},
         "in_process": inproc.to_json(),
-        "breakdown_us": {k: round(v, 2) for k, v in breakdown.items()},
+        "breakdown_us": {k: {"back_to_back": round(hot, 2), "after_idle": round(idle, 2)}
+                         for k, (hot, idle) in breakdown.items()},
         "mlflow": (None if ml is None else
                    {"unavailable": ml.unavailable} if not have_ml else
                    {"version": ml.version, "format": ml.format, "ready_s": round(ml.ready_s, 3),
@@ -1120,7 +1126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sklearn_version = version_of("scikit-learn")
     info = {"nproc": str(nproc()), "python": platform.python_version(), "scikit-learn": sklearn_version,
-            "onnxruntime": version_of("onnxruntime"), "uvicorn": version_of("uvicorn"),
+            "onnxruntime": version_of("onnxruntime"), "uvloop": version_of("uvloop"),
+            "httptools": version_of("httptools"),
             "load avg at start": loadavg(), "platform": platform.platform()}
     with tempfile.TemporaryDirectory(prefix="modelshelf-bench-serve-") as tmp:
         env = hermetic_env(Path(tmp) / "home")

@@ -24,6 +24,16 @@ def _p(value: str) -> Path:
     return Path(value)
 
 
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value}")
+    return number
+
+
 def cmd_init(a: argparse.Namespace) -> int:
     from modelshelf.project import init
 
@@ -190,7 +200,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     print(f"serving {cur.name} v{cur.version} ({cur.format}) on http://{a.host}:{a.port}"
           f" following '{a.model}'" + (f", polling every {a.poll:g}s" if a.poll > 0 else "")
           + ("" if token else f"; admin reload disabled (set {a.admin_token_env})"), flush=True)
-    run(app, a.host, a.port)
+    run(app, a.host, a.port, keep_alive=a.keep_alive)
     return 0
 
 
@@ -422,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="environment variable holding the bearer token for POST /admin/reload")
     p.add_argument("--max-rows", type=int, default=10_000)
     p.add_argument("--max-body", type=int, default=8 << 20, help="bytes")
+    p.add_argument("--keep-alive", type=_positive, default=5.0,
+                   help="seconds an idle keep-alive connection stays open (default 5)")
     p.add_argument("--allow-version-mismatch", action="store_true")
 
     p = add("predict", cmd_predict, "score a CSV with a verified model (the same rules as serve)")

@@ -1,11 +1,16 @@
-"""The HTTP app: a plain ASGI callable (no framework on the hot path) over a :class:`Holder`."""
+"""The HTTP app over a :class:`Holder`: routing, validation and answers, independent of the transport.
+
+:meth:`App.handle` answers a whole request; small requests are answered synchronously (no
+task, no coroutine), large batches and reloads by a coroutine.  :mod:`modelshelf.serve.httpd`
+serves it; ``App`` is also a plain ASGI callable, to mount in any ASGI server.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -17,14 +22,18 @@ from modelshelf.serve.payload import BadRequest
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+Reply = tuple[int, bytes, bytes]  # status, content type, body
 
-JSON = [(b"content-type", b"application/json")]
+JSON = b"application/json"
+TEXT = b"text/plain; version=0.0.4"
 PONG = b'{"ok":true}'
 INLINE_ROWS = 64  # larger batches run in a worker thread so the loop keeps answering
+ROUTES = frozenset({"/predict", "/health", "/ready", "/model", "/metrics", "/openapi.json", "/admin/reload",
+                    "/ping"})
 
 
 class App:
-    """ASGI app. ``reload_hook`` asks the server to re-resolve and maybe swap the model."""
+    """``reload_hook`` asks the server to re-resolve and maybe swap the model."""
 
     def __init__(self, holder: Holder, *, admin_token: str | None, max_rows: int = 10_000,
                  max_body: int = 8 << 20, reload_hook: Callable[[], Awaitable[str]] | None = None) -> None:
@@ -37,33 +46,113 @@ class App:
         self.lifespan_startup: list[Callable[[], Awaitable[None]]] = []
         self.lifespan_shutdown: list[Callable[[], Awaitable[None]]] = []
 
+    def handle(self, method: str, path: str, body: bytes, authorization: bytes = b"") -> Reply | Coroutine[
+            Any, Any, Reply]:
+        """The answer to one request: a reply now, or a coroutine that makes it."""
+        start = time.perf_counter()
+        try:
+            if path == "/predict" and method == "POST":
+                loaded = self.holder.current  # read once: this request finishes on this version
+                if loaded is None:
+                    return self._done(path, start, (503, JSON, b'{"error":"no model loaded yet"}'))
+                batch = loaded.parser.parse(body)
+                if batch.n > INLINE_ROWS:
+                    return self._later(path, start, self._predict_in_thread(loaded, batch))
+                out = loaded.runner.predict(batch)
+                reply = 200, JSON, orjson.dumps({"model": loaded.name, "version": loaded.version, **out})
+                return self._done(path, start, reply, batch.n)
+            if path == "/admin/reload" and method == "POST":
+                return self._later(path, start, self._reload(authorization))
+            return self._done(path, start, self._other(path, method), method=method)
+        except BadRequest as exc:
+            return self._done(path, start, (exc.status, JSON, orjson.dumps(exc.body())))
+        except Exception as exc:  # noqa: BLE001 - a bug answers 500 and the server keeps serving
+            return self._done(path, start, _internal(exc))
+
+    def _done(self, path: str, start: float, reply: Reply, rows: int = 0, method: str = "POST") -> Reply:
+        known = path if path in ROUTES and (path != "/predict" or method == "POST") else "other"
+        self.metrics.observe(known, reply[0], time.perf_counter() - start, rows)
+        return reply
+
+    async def _later(self, path: str, start: float, work: Coroutine[Any, Any, tuple[Reply, int]]) -> Reply:
+        try:
+            reply, rows = await work
+        except BadRequest as exc:
+            reply, rows = (exc.status, JSON, orjson.dumps(exc.body())), 0
+        except Exception as exc:  # noqa: BLE001
+            reply, rows = _internal(exc), 0
+        return self._done(path, start, reply, rows)
+
+    async def _predict_in_thread(self, loaded: Any, batch: Any) -> tuple[Reply, int]:
+        out = await asyncio.to_thread(loaded.runner.predict, batch)
+        return (200, JSON, orjson.dumps({"model": loaded.name, "version": loaded.version, **out})), batch.n
+
+    async def _reload(self, authorization: bytes) -> tuple[Reply, int]:
+        if not self.admin_token:
+            return (403, JSON, b'{"error":"admin endpoint disabled: start with an admin token"}'), 0
+        if not hmac.compare_digest(authorization, b"Bearer " + self.admin_token.encode()):
+            return (401, JSON, b'{"error":"missing or wrong bearer token"}'), 0
+        outcome = await self.reload_hook() if self.reload_hook else "no reload hook"
+        h = self.holder
+        return (200, JSON, orjson.dumps({"result": outcome, "version": h.current.version if h.current else None,
+                                         "error": h.error or None})), 0
+
+    def _other(self, path: str, method: str) -> Reply:
+        h = self.holder
+        cur = h.current
+        if method == "GET":
+            if path == "/ping":
+                return 200, JSON, PONG
+            if path == "/health":
+                state = "ok" if not h.error else "degraded"
+                return 200, JSON, orjson.dumps({"status": state, "version": cur.version if cur else None,
+                                                "format": cur.format if cur else None, "following": h.spec,
+                                                "error": h.error or None})
+            if path == "/ready":
+                if cur is None:
+                    return 503, JSON, b'{"ready":false}'
+                return 200, JSON, orjson.dumps({"ready": True, "version": cur.version})
+            if path == "/model" and cur is not None:
+                return 200, JSON, cur.card_json
+            if path == "/openapi.json" and cur is not None:
+                return 200, JSON, cur.openapi_json
+            if path == "/metrics":
+                text = self.metrics.render(cur.name if cur else "", cur.version if cur else "",
+                                           cur.format if cur else "", h.swaps, h.failures, not h.error)
+                return 200, TEXT, text.encode()
+        if path in ROUTES:
+            return 405, JSON, b'{"error":"method not allowed"}'
+        return 404, JSON, b'{"error":"not found"}'
+
+    async def startup(self) -> None:
+        for hook in self.lifespan_startup:
+            await hook()
+
+    async def shutdown(self) -> None:
+        for hook in self.lifespan_shutdown:
+            await hook()
+
+    # -- ASGI ------------------------------------------------------------------------------------
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
-        start = time.perf_counter()
         path, method = scope["path"], scope["method"]
-        rows = 0
         try:
-            if path == "/predict" and method == "POST":
-                status, body, rows = await self._predict(receive)
-                headers = JSON
-            else:
-                status, body, headers = await self._other(path, method, scope, receive)
+            body = await self._read(receive) if method == "POST" and path in ROUTES else b""
         except BadRequest as exc:
-            status, body, headers = exc.status, orjson.dumps(exc.body()), JSON
-        except Exception as exc:  # noqa: BLE001 - a bug answers 500 and the server keeps serving
-            status, body, headers = 500, orjson.dumps({"error": f"internal error: {type(exc).__name__}"}), JSON
+            reply: Reply = self._done(path, time.perf_counter(), (exc.status, JSON, orjson.dumps(exc.body())))
+        else:
+            auth = dict(scope.get("headers") or []).get(b"authorization", b"")
+            result = self.handle(method, path, body, auth)
+            reply = result if isinstance(result, tuple) else await result
+        status, ctype, data = reply
         await send({"type": "http.response.start", "status": status,
-                    "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-        known = path if path in ("/predict", "/health", "/ready", "/model", "/metrics", "/openapi.json",
-                                 "/admin/reload", "/ping") else "other"
-        if known == "/predict" and method != "POST":
-            known = "other"
-        self.metrics.observe(known, status, time.perf_counter() - start, rows)
+                    "headers": [(b"content-type", ctype), (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
 
     async def _read(self, receive: Receive) -> bytes:
         chunks, size = [], 0
@@ -77,66 +166,17 @@ class App:
             if not message.get("more_body"):
                 return b"".join(chunks)
 
-    async def _predict(self, receive: Receive) -> tuple[int, bytes, int]:
-        loaded = self.holder.current  # read once: this request finishes on this version
-        body = await self._read(receive)
-        if loaded is None:
-            return 503, b'{"error":"no model loaded yet"}', 0
-        batch = loaded.parser.parse(body)
-        if batch.n <= INLINE_ROWS:
-            result = loaded.runner.predict(batch)
-        else:
-            result = await asyncio.to_thread(loaded.runner.predict, batch)
-        return 200, orjson.dumps({"model": loaded.name, "version": loaded.version, **result}), batch.n
-
-    async def _other(self, path: str, method: str, scope: Scope,
-                     receive: Receive) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        h = self.holder
-        cur = h.current
-        if method == "GET":
-            if path == "/ping":
-                return 200, PONG, JSON
-            if path == "/health":
-                state = "ok" if not h.error else "degraded"
-                body = {"status": state, "version": cur.version if cur else None,
-                        "format": cur.format if cur else None, "following": h.spec, "error": h.error or None}
-                return 200, orjson.dumps(body), JSON
-            if path == "/ready":
-                if cur is None:
-                    return 503, b'{"ready":false}', JSON
-                return 200, orjson.dumps({"ready": True, "version": cur.version}), JSON
-            if path == "/model" and cur is not None:
-                return 200, cur.card_json, JSON
-            if path == "/openapi.json" and cur is not None:
-                return 200, cur.openapi_json, JSON
-            if path == "/metrics":
-                text = self.metrics.render(cur.name if cur else "", cur.version if cur else "",
-                                           cur.format if cur else "", h.swaps, h.failures, not h.error)
-                return 200, text.encode(), [(b"content-type", b"text/plain; version=0.0.4")]
-        if path == "/admin/reload" and method == "POST":
-            await self._read(receive)
-            if not self.admin_token:
-                return 403, b'{"error":"admin endpoint disabled: start with an admin token"}', JSON
-            given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not hmac.compare_digest(given, b"Bearer " + self.admin_token.encode()):
-                return 401, b'{"error":"missing or wrong bearer token"}', JSON
-            outcome = await self.reload_hook() if self.reload_hook else "no reload hook"
-            return 200, orjson.dumps({"result": outcome, "version": h.current.version if h.current else None,
-                                      "error": h.error or None}), JSON
-        if path in ("/predict", "/health", "/ready", "/model", "/metrics", "/openapi.json", "/ping",
-                    "/admin/reload"):
-            return 405, b'{"error":"method not allowed"}', JSON
-        return 404, b'{"error":"not found"}', JSON
-
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                for hook in self.lifespan_startup:
-                    await hook()
+                await self.startup()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                for hook in self.lifespan_shutdown:
-                    await hook()
+                await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _internal(exc: Exception) -> Reply:
+    return 500, JSON, orjson.dumps({"error": f"internal error: {type(exc).__name__}"})

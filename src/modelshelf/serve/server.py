@@ -51,9 +51,8 @@ async def _quiet(coro: object) -> None:
     await coro  # type: ignore[misc]
 
 
-def run(app: App, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve ``app`` with uvicorn until interrupted."""
-    import uvicorn
+def run(app: App, host: str = "127.0.0.1", port: int = 8080, *, keep_alive: float = 5.0) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT; idle keep-alive connections close after ``keep_alive`` s."""
+    from modelshelf.serve import httpd
 
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on", proxy_headers=False,
-                timeout_graceful_shutdown=5)
+    httpd.run(app, host, port, keep_alive=keep_alive)
