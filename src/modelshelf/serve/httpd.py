@@ -28,6 +28,10 @@ MAX_HEAD = 64 * 1024  # request line + headers
 IDLE_TIMEOUT = 5.0  # seconds a keep-alive connection may wait for its next request
 REQUEST_TIMEOUT = 60.0  # seconds from a request's first byte to its last
 STOP_GRACE = 5.0  # seconds requests in progress get to finish on SIGTERM
+# A reload verifies and builds the next version in a worker thread; with Python's default
+# 5 ms switch interval the event loop can wait that long for the GIL, which is what the
+# slowest requests during a hot swap would pay.
+SWITCH_INTERVAL = 0.0005
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
@@ -271,6 +275,9 @@ async def serve(app: App, host: str, port: int, *, keep_alive: float = IDLE_TIME
 
 def run(app: App, host: str, port: int, *, keep_alive: float = IDLE_TIMEOUT) -> None:
     """Serve ``app`` on ``host:port`` until SIGTERM or SIGINT."""
+    import sys
+
+    sys.setswitchinterval(SWITCH_INTERVAL)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:

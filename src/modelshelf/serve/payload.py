@@ -41,7 +41,8 @@ def _reject_constant(name: str) -> float:
     raise ValueError(name)
 
 
-_NUMBER = frozenset({float, int, type(None)})
+_NONE = type(None)
+_NUMBER = frozenset({float, int, _NONE})
 _TEXT = frozenset({str, type(None)})
 
 
@@ -139,14 +140,15 @@ class Parser:
         not a number in float32's range (the caller then finds and names it)."""
         if values is None:
             return np.empty((n, 0), dtype=np.float64)
-        if not _NUMBER.issuperset(map(type, itertools.chain.from_iterable(values))):
+        flat = list(itertools.chain.from_iterable(values))
+        types = set(map(type, flat))
+        if not _NUMBER.issuperset(types):
             return None
-        try:
-            matrix = np.array(values, dtype=np.float64)
-        except (OverflowError, ValueError):  # an integer beyond float64
+        present = flat if _NONE not in types else [v for v in flat if v is not None]
+        # beyond float32 is refused (the graph computes in float32); min/max compare ints exactly
+        if present and not (-FLOAT32_MAX <= min(present) and max(present) <= FLOAT32_MAX):
             return None
-        if (np.abs(matrix) > FLOAT32_MAX).any():  # beyond float32, where the graph computes
-            return None
+        matrix = np.array(values, dtype=np.float64)
         return np.ascontiguousarray(matrix.T) if transposed else matrix
 
 
