@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 import pytest
 
 from conftest import Project
@@ -239,3 +240,35 @@ def test_a_port_in_use_is_one_line_and_exit_2(server: Server, module_project: tu
     assert proc.returncode == 2
     assert re.search(rf"127\.0\.0\.1:{server.port}: cannot listen: .*; pick another --port", proc.stderr)
     assert "Traceback" not in proc.stderr
+
+
+def test_the_app_is_also_an_asgi_app(server: Server, module_project: tuple[Project, dict[str, str]],
+                                     bodies: dict[str, bytes]) -> None:
+    """Mounted in another ASGI server, the app answers as ``shelf serve`` does."""
+    import asyncio
+
+    from modelshelf.serve.server import build
+
+    app = build(str(module_project[0].root / "models"), poll=0, max_body=1000)
+
+    async def ask(method: str, path: str, body: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+        chunks = [body[i:i + 300] for i in range(0, len(body), 300)] or [b""]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            chunk = chunks.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app({"type": "http", "method": method, "path": path, "headers": []}, receive, send)
+        return sent[0]["status"], dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+    status, headers, body = asyncio.run(ask("POST", "/predict", bodies["one"]))
+    over_http = call(server.port, "POST", "/predict", bodies["one"])
+    assert (status, json.loads(body)) == (200, over_http.json())
+    assert headers[b"content-length"] == str(len(body)).encode()
+    assert asyncio.run(ask("POST", "/predict", bodies["batch"]))[0] == 413  # over this app's max_body
+    assert asyncio.run(ask("GET", "/ping", b""))[0] == 200
+    assert asyncio.run(ask("DELETE", "/ping", b""))[0] == 405
