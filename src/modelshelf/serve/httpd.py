@@ -61,6 +61,7 @@ class HttpProtocol(asyncio.Protocol):
         self.closing = False
         self.stopping = False
         self.receiving = False  # between a request's first byte and its last
+        self.write_paused = False  # the client is not reading its answers fast enough
         self.timer: asyncio.TimerHandle | None = None
         self._reset()
 
@@ -87,6 +88,18 @@ class HttpProtocol(asyncio.Protocol):
             if isinstance(item, asyncio.Task):
                 item.cancel()
         self.queue.clear()
+
+    def pause_writing(self) -> None:
+        # A client that pipelines requests but does not read the answers: stop reading its
+        # requests until the answers drain, so the buffer of answers stays bounded.
+        self.write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.transport is not None and not self.queue:
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -208,7 +221,8 @@ class HttpProtocol(asyncio.Protocol):
         if self.closing or self.stopping:
             transport.close()
             return
-        transport.resume_reading()
+        if not self.write_paused:
+            transport.resume_reading()
         self._arm(self.idle_timeout)
 
 
