@@ -55,7 +55,8 @@ Measured, on that model and this machine:
    against the floor of starting Python, importing onnxruntime and building an
    InferenceSession from the model file (a subprocess, timed until it prints that
    the session exists; neither its exit nor the server's is timed);
-   ``--cold-runs`` (3) of each, interleaved, medians.  Then, to show where the
+   ``--cold-runs`` (3) of each, interleaved, medians.  modelshelf's bytecode is
+   compiled first, as a wheel install has it.  Then, to show where the
    difference goes, a child process does ``shelf serve``'s work up to
    listening and times each part (start-up; imports of onnxruntime, asyncio,
    uvloop+httptools, modelshelf; loading); the rest of the median cold start is
@@ -792,6 +793,12 @@ class Cold:
 
 
 def measure_cold(root: Path, work: Path, env: Mapping[str, str], row: Row, runs: int) -> Cold:
+    import compileall
+
+    import modelshelf
+
+    # modelshelf's bytecode, as a wheel install has it (PYTHONDONTWRITEBYTECODE may be set).
+    compileall.compile_dir(str(Path(modelshelf.__file__).parent), quiet=1)
     onnx = root / "models" / read_card(root / "models")["artefacts"]["onnx"]["file"]
     body = row.shelf_body()
 
