@@ -9,12 +9,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from modelshelf.errors import ConfigError, DataError
 from modelshelf.gate import Baseline, GateResult, judge, read_baseline, result_from_json
 from modelshelf.gitrepo import GitRepo
 from modelshelf.params import GateParams
+
+from conftest import Project
 
 NAN = float("nan")
 METRICS_PATH = "metrics/eval.json"
@@ -370,14 +374,18 @@ def test_to_json_fields() -> None:
     assert set(data["metrics"]) == {"accuracy", "f1", "roc_auc"}
     acc = data["metrics"]["accuracy"]
     assert acc == {"value": 0.95, "threshold": 0.9, "baseline": 0.9, "tolerance": 0.0,
-                   "direction": "higher", "passed": True, "reasons": []}
+                   "direction": "higher", "passed": True, "reasons": [],
+                   "baseline_committed": 0.9, "baseline_rescored": None}
     f1 = data["metrics"]["f1"]
     assert f1["value"] is None and f1["passed"] is False
     assert f1["reasons"] == ["missing or NaN: fails closed"]
     roc = data["metrics"]["roc_auc"]
     assert roc["threshold"] is None and roc["tolerance"] == 0.01 and roc["passed"] is False
     assert data["baseline"] == {"rev": "main", "commit": "0123456789abcdef0123456789abcdef01234567",
-                                "path": METRICS_PATH, "found": True, "note": ""}
+                                "path": METRICS_PATH, "found": True, "note": "",
+                                "used": "committed", "label": "committed metrics",
+                                "committed_metrics": {"accuracy": 0.9, "f1": 0.8, "roc_auc": 0.95},
+                                "rescored_metrics": None, "rescore": None}
     assert data["candidate"]["f1"] is None            # NaN → null
     assert data["candidate"]["accuracy"] == 0.95
     assert "note" not in data["candidate"]
@@ -516,3 +524,252 @@ def test_read_baseline_on_orphan_branch_still_reads_main(repo: GitRepo) -> None:
     git(repo.root, "checkout", "-q", "--orphan", "fresh")
     b = read_baseline(repo, "main", METRICS_PATH)
     assert b.metrics == {"accuracy": 0.9}
+
+
+# --------------------------------------------------------------------------- re-scored baseline (pure)
+
+
+def rescored_pair(committed: Mapping[str, float], rescored: Mapping[str, float] | None,
+                  note: str = "model v1.0.0") -> Baseline:
+    from modelshelf.gate import with_rescore
+
+    return with_rescore(baseline(**committed), rescored, note, {"version": "1.0.0", "rows": 120} if rescored else None)
+
+
+def test_rescored_baseline_is_the_one_compared_with() -> None:
+    # New data: the baseline model scores 0.80 on the new held-out set, not the committed 0.90.
+    b = rescored_pair({"accuracy": 0.9, "f1": 0.9}, {"accuracy": 0.8, "f1": 0.85, "roc_auc": 0.9})
+    assert b.rescored and b.used == "rescored"
+    assert b.metrics == {"accuracy": 0.8, "f1": 0.85, "roc_auc": 0.9}
+    assert b.committed == {"accuracy": 0.9, "f1": 0.9}
+    params = gate({"accuracy": 0.7, "f1": 0.7})
+    result = judge({"accuracy": 0.82, "f1": 0.86}, params, "binary", b)
+    assert result.passed is True                      # better than the baseline model, like for like
+    assert judge({"accuracy": 0.82, "f1": 0.86}, params, "binary", baseline(accuracy=0.9, f1=0.9)).passed is False
+    acc = check_of(result, "accuracy")
+    assert (acc.baseline, acc.committed, acc.rescored) == (0.8, 0.9, True)
+    assert acc.line() == "✓ accuracy: 0.82 (threshold ≥ 0.7, baseline 0.8 re-scored, committed 0.9)"
+    table = result.table().splitlines()
+    assert table[-2] == ("baseline: re-scored on this held-out set (120 rows): model v1.0.0 at main "
+                         "(0123456789ab); committed metrics/eval.json shown for reference")
+    # ... and a real regression against the re-scored baseline still fails.
+    worse = judge({"accuracy": 0.79, "f1": 0.86}, params, "binary", b)
+    assert worse.passed is False
+    assert check_of(worse, "accuracy").reasons[0].startswith("regressed by 0.01 from baseline 0.8")
+
+
+def test_rescored_baseline_json_records_both_sets() -> None:
+    b = rescored_pair({"accuracy": 0.9, "f1": 0.9}, {"accuracy": 0.8, "f1": 0.85})
+    data = judge({"accuracy": 0.82, "f1": 0.86}, gate({"accuracy": 0.7, "f1": 0.7}), "binary", b).to_json()
+    assert data["baseline"]["used"] == "rescored"
+    assert data["baseline"]["label"] == "re-scored on this held-out set"
+    assert data["baseline"]["committed_metrics"] == {"accuracy": 0.9, "f1": 0.9}
+    assert data["baseline"]["rescored_metrics"] == {"accuracy": 0.8, "f1": 0.85}
+    assert data["baseline"]["rescore"] == {"used": True, "note": "model v1.0.0",
+                                           "model": {"version": "1.0.0", "rows": 120}}
+    acc = data["metrics"]["accuracy"]
+    assert (acc["baseline"], acc["baseline_committed"], acc["baseline_rescored"]) == (0.8, 0.9, 0.8)
+    assert data["baseline"]["found"] is True and data["baseline"]["rev"] == "main"  # the old fields stay
+    assert json.loads(json.dumps(data, allow_nan=False)) == data
+
+
+def test_unusable_rescore_keeps_the_committed_metrics_and_says_why() -> None:
+    params = gate({"accuracy": 0.7, "f1": 0.7})
+    candidate = {"accuracy": 0.82, "f1": 0.86}
+    for rescored, why in [(None, "the input schema changed"),
+                          ({"accuracy": 0.8, "f1": NAN}, "re-scoring the baseline model gave no f1"),
+                          ({"accuracy": 0.8}, "re-scoring the baseline model gave no f1")]:
+        b = rescored_pair({"accuracy": 0.9, "f1": 0.9}, rescored, note="the input schema changed")
+        assert b.used == "committed" and not b.rescored
+        assert b.metrics == {"accuracy": 0.9, "f1": 0.9} == b.committed
+        result = judge(candidate, params, "binary", b)
+        assert result.passed is False                 # exactly the committed-metrics verdict
+        assert check_of(result, "accuracy").line().endswith("baseline 0.9): regressed by 0.08 from baseline 0.9")
+        assert result.table().splitlines()[-2] == ("baseline: committed metrics: metrics/eval.json at main "
+                                                   f"(0123456789ab); not re-scored: {why}")
+        data = result.to_json()
+        assert data["baseline"]["used"] == "committed" and data["baseline"]["rescore"]["note"] == why
+        assert data["metrics"]["accuracy"]["baseline_committed"] == 0.9
+        assert data["metrics"]["accuracy"]["baseline_rescored"] is None
+
+
+def test_rescore_does_not_apply_without_a_baseline() -> None:
+    from modelshelf.gate import with_rescore
+
+    b = with_rescore(no_baseline(), {"accuracy": 0.8}, "model v1.0.0")
+    assert b.used == "none" and b.rescore is None and not b.found
+
+
+# --------------------------------------------------------------------------- re-scored baseline (real git and DVC)
+
+
+def customers(n: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
+    """Rows whose label follows the features' deviation from their means (as in test_cycle)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4))
+    x[:, 0] += shift
+    region = rng.choice(["north", "south", "east"], size=n)
+    score = x[:, 0] - shift + 0.8 * x[:, 1] - 0.5 * x[:, 2] + np.where(region == "east", 0.7, 0.0)
+    label = (score + rng.normal(scale=0.15, size=n) > 0).astype(int)
+    return pd.DataFrame({"x0": x[:, 0], "x1": x[:, 1], "x2": x[:, 2], "x3": x[:, 3],
+                         "region": region, "churn": label})
+
+
+def customer_project(new_project: Any) -> Project:
+    """A built, committed project on 600 customers, gated with no tolerance."""
+    p: Project = new_project("fair")
+    p.commit("scaffold")
+    p.add_csv("customers.csv", customers(600, seed=1))
+    p.set_params(data={"target": "churn"}, gate={"thresholds": {"accuracy": 0.75, "f1": 0.7}, "tolerance": 0.0})
+    p.dvc("repro")
+    p.commit("first model")
+    return p
+
+
+def shifted(p: Project) -> None:
+    """Append 600 rows shifted in x0: more, harder held-out rows for the same estimator."""
+    p.add_csv("customers.csv", pd.concat([customers(600, seed=1), customers(600, seed=2, shift=1.5)],
+                                         ignore_index=True))
+
+
+def model_cache_object(p: Project) -> Path:
+    from modelshelf.remote import cache_file, locked_md5
+
+    md5 = locked_md5(GitRepo(p.root), "main", "dvc.lock", "models/model.joblib", p.root)
+    assert md5 is not None
+    return cache_file(p.root, md5)
+
+
+def held_out(p: Project) -> tuple[pd.DataFrame, pd.Series]:
+    test = pd.read_csv(p.root / "data/prepared/test.csv")
+    return test.drop(columns="churn"), test["churn"]
+
+
+@pytest.mark.slow
+def test_new_data_gates_against_the_baseline_model_rescored_on_the_new_held_out_set(
+        new_project: Any, tmp_path: Path) -> None:
+    import shutil
+
+    from sklearn import metrics as skm
+
+    import modelshelf
+    from modelshelf.params import load_params
+
+    p = customer_project(new_project)
+    committed = p.json("metrics/eval.json")
+    old_models = tmp_path / "committed-models"
+    old_models.mkdir()
+    for name in ("card.json", "model.joblib"):
+        shutil.copy(p.root / "models" / name, old_models / name)
+
+    shifted(p)
+    out = p.dvc("repro").stdout
+    assert "Running stage 'gate'" in out and "gate: PASSED" in out
+    assert "re-scored on this held-out set" in out
+    report = p.json("metrics/gate.json")
+    candidate = p.json("metrics/eval.json")
+
+    # The old behaviour (committed metrics, measured on the old held-out split) fails this candidate.
+    old = judge(candidate, load_params(p.root / "params.yaml").gate, "binary",
+                read_baseline(GitRepo(p.root), "main", METRICS_PATH))
+    assert old.passed is False
+    assert candidate["accuracy"] < committed["accuracy"]
+
+    # The new one compares with the committed model scored on this held-out set, which we
+    # recompute here: the verified committed model, the new test split, scikit-learn's metrics.
+    X, y = held_out(p)
+    model = modelshelf.load(old_models)
+    pred, proba = model.predict(X), model.predict_proba(X)[:, 1]
+    mine = {"accuracy": skm.accuracy_score(y, pred), "precision": skm.precision_score(y, pred),
+            "recall": skm.recall_score(y, pred), "f1": skm.f1_score(y, pred),
+            "roc_auc": skm.roc_auc_score(y, proba)}
+    base = report["baseline"]
+    assert base["used"] == "rescored" and base["label"] == "re-scored on this held-out set"
+    assert base["rescored_metrics"] == pytest.approx(mine, rel=1e-12, abs=0)
+    assert base["committed_metrics"] == committed
+    assert base["rescore"]["model"]["sha256"] == model.card["artefacts"]["model"]["sha256"]
+    assert base["rescore"]["model"]["source"] == "cache" and base["rescore"]["model"]["rows"] == len(y)
+    assert mine["accuracy"] < committed["accuracy"]   # the same model looks worse on the new split
+    for metric in ("accuracy", "f1"):
+        check = report["metrics"][metric]
+        assert check["baseline"] == check["baseline_rescored"] == pytest.approx(mine[metric], rel=1e-12)
+        assert check["baseline_committed"] == committed[metric]
+        assert check["value"] >= check["baseline"] and check["passed"] is True
+    card = p.json("models/card.json")
+    assert card["gate"]["passed"] is True and card["gate"]["baseline"]["used"] == "rescored"
+
+    # `shelf report` reaches the same verdict through the same baseline.
+    rep = json.loads(p.shelf("report", "--base", "main", "--json").stdout)
+    assert rep["passed"] is True and rep["gate"]["baseline"]["used"] == "rescored"
+    assert "re-scored on this held-out set" in p.shelf("report", "--base", "main", "--md").stdout
+
+    # Committed, the pipeline is up to date; the gate does rerun when only the data changes.
+    p.commit("retrain on new data")
+    assert "up to date" in p.dvc("status").stdout
+
+
+@pytest.mark.slow
+def test_dropped_feature_falls_back_to_the_committed_metrics(new_project: Any) -> None:
+    p = customer_project(new_project)
+    committed = p.json("metrics/eval.json")
+    p.add_csv("customers.csv", customers(600, seed=1).drop(columns=["x3"]))
+    p.set_params(gate={"tolerance": 1.0})   # the verdict is not the point: which baseline is
+    out = p.dvc("repro").stdout
+    assert "baseline: committed metrics: metrics/eval.json at main" in out
+    assert "not re-scored: the input schema changed (features, kinds, task or classes)" in out
+    report = p.json("metrics/gate.json")
+    assert report["baseline"]["used"] == "committed" and report["baseline"]["rescored_metrics"] is None
+    assert report["baseline"]["committed_metrics"] == committed
+    assert report["baseline"]["rescore"]["used"] is False
+    for metric in ("accuracy", "f1"):
+        check = report["metrics"][metric]
+        assert check["baseline"] == check["baseline_committed"] == committed[metric]
+        assert check["baseline_rescored"] is None
+    rep = p.shelf("report", "--base", "main", "--md").stdout
+    assert "**Baseline:** committed metrics at main; not re-scored: the input schema changed" in rep
+
+
+@pytest.mark.slow
+def test_unverifiable_baseline_bytes_never_loosen_the_gate(new_project: Any) -> None:
+    p = customer_project(new_project)
+    obj = model_cache_object(p)
+    obj.chmod(0o644)
+    obj.write_bytes(obj.read_bytes() + b"tampered")   # the cache lies and there is no remote
+    shifted(p)
+    proc = p.dvc("repro", check=False)
+    assert proc.returncode != 0 and "gate: FAILED" in proc.stdout and "Running stage 'serialise'" not in proc.stdout
+    report = p.json("metrics/gate.json")
+    assert report["passed"] is False and report["baseline"]["used"] == "committed"
+    assert "cannot fetch from cache or remote" in report["baseline"]["rescore"]["note"]
+    for metric in ("accuracy", "f1"):    # the committed baseline, as before this change
+        assert report["metrics"][metric]["baseline"] == report["baseline"]["committed_metrics"][metric]
+
+
+@pytest.mark.slow
+def test_rescoring_on_the_same_split_reproduces_the_committed_metrics(built: Project) -> None:
+    from modelshelf import baseline as baselines
+
+    repo, prepared = GitRepo(built.root), built.root / "data/prepared"
+    same = baselines.read(repo, "main", METRICS_PATH, root=built.root, prepared=prepared)
+    assert same.used == "rescored" and same.metrics == same.committed   # like for like, bit for bit
+    assert same.rescore is not None and same.rescore.model["source"] == "cache"
+
+    card = built.json("models/card.json")
+    card["dependencies"]["scikit-learn"] = "0.24.2"
+    (built.root / "models/card.json").write_text(json.dumps(card))
+    built.commit("a card from another scikit-learn")
+    other = baselines.read(repo, "main", METRICS_PATH, root=built.root, prepared=prepared)
+    assert other.used == "committed" and other.rescore is not None
+    assert "built with scikit-learn 0.24.2" in other.rescore.note
+    assert baselines.read(repo, "main", METRICS_PATH, root=built.root, prepared=None).used == "committed"
+
+
+@pytest.mark.slow
+def test_baseline_model_missing_locally_is_fetched_from_the_remote(released: Project) -> None:
+    model_cache_object(released).unlink()
+    released.set_params(data={"test_size": 0.25}, gate={"tolerance": 1.0})   # a new split
+    out = released.dvc("repro").stdout
+    assert "Running stage 'gate'" in out and "re-scored on this held-out set" in out
+    report = released.json("metrics/gate.json")
+    assert report["baseline"]["used"] == "rescored"
+    assert report["baseline"]["rescore"]["model"]["source"] == "remote"

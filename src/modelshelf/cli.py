@@ -85,7 +85,12 @@ def cmd_gate(a: argparse.Namespace) -> int:
     from modelshelf.stages import gate
 
     _stage_defaults(a, "gate", ("params", "metrics", "out"))
-    result = gate(a.params or Path("params.yaml"), a.metrics, None if a.no_write else a.out)
+    if a.prepared is None and a.params is not None and (a.params.resolve().parent / "dvc.yaml").is_file():
+        from modelshelf.project import stage_options
+
+        root = a.params.resolve().parent  # an older dvc.yaml has no --prepared: committed baseline
+        a.prepared = root / p if (p := stage_options(root, "gate").get("prepared")) else None
+    result = gate(a.params or Path("params.yaml"), a.metrics, None if a.no_write else a.out, a.prepared)
     print(json.dumps(result.to_json(), indent=2) if a.json else result.table())
     if not result.passed:
         raise GateFailed(str(a.out or a.metrics), "the candidate did not clear the gate",
@@ -160,7 +165,8 @@ def render_card(card: dict[str, Any]) -> str:
         f"scikit-learn {card['dependencies'].get('scikit-learn')}",
         f"  gate       {'passed' if gate.get('passed') else 'FAILED'}; baseline "
         + (f"{base.get('rev')} ({(base.get('commit') or '')[:12]})" if base.get("found")
-           else f"none ({base.get('note', '')})"),
+           else f"none ({base.get('note', '')})")
+        + (f", {base['label']}" if base.get("found") and base.get("label") else ""),
     ]
     for metric, check in gate.get("checks", {}).items():
         mark = "✓" if check.get("passed") else "✗"
@@ -398,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("gate", cmd_gate, "judge the candidate's metrics against thresholds and the baseline")
     p.add_argument("--params", type=_p, help="default: as in dvc.yaml's gate stage")
+    p.add_argument("--prepared", type=_p, help="the prepared split the candidate was scored on, to "
+                   "re-score the baseline model on (default: as in dvc.yaml's gate stage)")
     p.add_argument("--metrics", type=_p, help="default: as in dvc.yaml's gate stage")
     p.add_argument("--out", type=_p, help="default: as in dvc.yaml's gate stage")
     p.add_argument("--no-write", action="store_true", help="print the verdict only")

@@ -2,7 +2,9 @@
 
 Fails closed: a missing or NaN metric fails, and so does any regression beyond
 the tolerance.  Without a baseline (the first model) only thresholds apply, and
-the result says so.
+the result says so.  The baseline is the committed metrics at ``gate.baseline``,
+or, when :mod:`modelshelf.baseline` could re-score the baseline model on the
+candidate's held-out set, those re-scored metrics (see :func:`with_rescore`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from modelshelf.errors import ConfigError, DataError
@@ -19,21 +21,79 @@ from modelshelf.metrics import CATALOGUE, higher_is_better, metrics_for
 from modelshelf.params import GateParams, suggest
 
 SCHEMA_VERSION = 1
+RESCORED = "re-scored on this held-out set"
+COMMITTED = "committed metrics"
+
+
+@dataclass(frozen=True)
+class Rescore:
+    """The attempt to score the baseline model on the candidate's held-out set."""
+
+    used: bool                                  # True: the gate compares with ``metrics``
+    note: str                                   # what was re-scored, or why it was not
+    metrics: Mapping[str, float] | None = None  # the baseline model on this held-out set
+    committed: Mapping[str, float] | None = None  # the metrics committed at the revision
+    model: Mapping[str, Any] = field(default_factory=dict)  # version, sha256, source, rows
+
+    def label(self) -> str:
+        """``re-scored on this held-out set (240 rows)``."""
+        rows = self.model.get("rows")
+        return RESCORED + (f" ({rows} rows)" if rows is not None else "")
 
 
 @dataclass(frozen=True)
 class Baseline:
-    """The committed metrics the candidate must not regress from."""
+    """What the candidate must not regress from: ``metrics``, committed or re-scored."""
 
     rev: str
     path: str
     commit: str | None = None
     metrics: Mapping[str, float] | None = None
     note: str = ""
+    rescore: Rescore | None = None
 
     @property
     def found(self) -> bool:
         return self.metrics is not None
+
+    @property
+    def rescored(self) -> bool:
+        return self.rescore is not None and self.rescore.used
+
+    @property
+    def used(self) -> str:
+        """``"rescored"``, ``"committed"`` or ``"none"``."""
+        return "rescored" if self.rescored else "committed" if self.found else "none"
+
+    @property
+    def committed(self) -> Mapping[str, float] | None:
+        """The metrics committed at ``rev``, whether or not the gate compares with them."""
+        return self.rescore.committed if self.rescore is not None and self.rescored else self.metrics
+
+
+def with_rescore(base: Baseline, metrics: Mapping[str, float] | None, note: str,
+                 model: Mapping[str, Any] | None = None) -> Baseline:
+    """``base`` compared with the re-scored ``metrics`` when they are usable, else with its
+    committed metrics and ``note`` saying why.
+
+    Usable means: every metric the committed file holds (a number, not NaN) was re-scored
+    to a number.  Anything less keeps the committed metrics, the old behaviour: a baseline
+    that could not be re-scored, fetched or verified never makes the gate more lenient.
+    """
+    if not base.found or base.rescored:
+        return base
+    committed = dict(base.metrics or {})
+    if metrics is not None:
+        lacking = [k for k, v in committed.items()
+                   if _number(v) is not None and _number(metrics.get(k)) is None]
+        if lacking:
+            note, metrics = f"re-scoring the baseline model gave no {lacking[0]}", dict(metrics)
+        else:
+            clean = {k: float(v) for k, v in metrics.items() if k in CATALOGUE and _number(v) is not None}
+            return replace(base, metrics=clean,
+                           rescore=Rescore(True, note, clean, committed, dict(model or {})))
+    return replace(base, rescore=Rescore(False, note, None if metrics is None else dict(metrics),
+                                         committed, dict(model or {})))
 
 
 @dataclass(frozen=True)
@@ -46,13 +106,18 @@ class Check:
     tolerance: float
     passed: bool
     reasons: tuple[str, ...] = ()
+    rescored: bool = False            # ``baseline`` is the baseline model re-scored
+    committed: float | None = None    # the committed baseline value, when ``rescored``
 
     def line(self) -> str:
-        """``✓ accuracy: 0.947 (threshold ≥ 0.88, baseline 0.900)``."""
+        """``✓ accuracy: 0.947 (threshold ≥ 0.88, baseline 0.900)``; a re-scored baseline
+        adds its committed value: ``baseline 0.900 re-scored, committed 0.920``."""
         mark = "✓" if self.passed else "✗"
         cmp = "≥" if self.higher_is_better else "≤"
-        ctx = [f"threshold {cmp} {_fmt(self.threshold)}" if self.threshold is not None else "no threshold",
-               f"baseline {_fmt(self.baseline)}" if self.baseline is not None else "no baseline"]
+        base = f"baseline {_fmt(self.baseline)}" if self.baseline is not None else "no baseline"
+        if self.rescored and self.baseline is not None:
+            base += f" re-scored, committed {_fmt(self.committed)}"
+        ctx = [f"threshold {cmp} {_fmt(self.threshold)}" if self.threshold is not None else "no threshold", base]
         if self.tolerance:
             ctx.append(f"tolerance {_fmt(self.tolerance)}")
         text = f"{mark} {self.metric}: {_fmt(self.value)} ({', '.join(ctx)})"
@@ -71,8 +136,14 @@ class GateResult:
         """The human verdict: one line per gated metric, then the baseline and verdict."""
         lines = [c.line() for c in self.checks]
         b = self.baseline
-        if b.found:
-            lines.append(f"baseline: {b.path} at {b.rev} ({(b.commit or '')[:12]})")
+        where = f"at {b.rev} ({(b.commit or '')[:12]})"
+        if b.rescored and b.rescore is not None:
+            lines.append(f"baseline: {b.rescore.label()}: {b.rescore.note} {where}; "
+                         f"committed {b.path} shown for reference")
+        elif b.found and b.rescore is not None:
+            lines.append(f"baseline: {COMMITTED}: {b.path} {where}; not re-scored: {b.rescore.note}")
+        elif b.found:
+            lines.append(f"baseline: {b.path} {where}")
         else:
             lines.append(f"baseline: none ({b.note}); thresholds only")
         lines.append("gate: PASSED" if self.passed else "gate: FAILED")
@@ -92,17 +163,24 @@ class GateResult:
                     "direction": "higher" if c.higher_is_better else "lower",
                     "passed": c.passed,
                     "reasons": list(c.reasons),
+                    "baseline_committed": _json_num(c.committed if c.rescored else c.baseline),
+                    "baseline_rescored": _json_num(c.baseline) if c.rescored else None,
                 }
                 for c in self.checks
             },
-            "baseline": {
-                "rev": self.baseline.rev,
-                "commit": self.baseline.commit,
-                "path": self.baseline.path,
-                "found": self.baseline.found,
-                "note": self.baseline.note,
-            },
+            "baseline": self._baseline_json(),
             "candidate": {k: _json_num(v) for k, v in self.metrics.items()},
+        }
+
+    def _baseline_json(self) -> dict[str, Any]:
+        b, r = self.baseline, self.baseline.rescore
+        return {
+            "rev": b.rev, "commit": b.commit, "path": b.path, "found": b.found, "note": b.note,
+            "used": b.used,
+            "label": RESCORED if b.rescored else COMMITTED if b.found else "none",
+            "committed_metrics": _json_metrics(b.committed),
+            "rescored_metrics": _json_metrics(r.metrics if r is not None else None),
+            "rescore": None if r is None else {"used": r.used, "note": r.note, "model": dict(r.model)},
         }
 
 
@@ -126,6 +204,8 @@ def judge(metrics: Mapping[str, Any], params: GateParams, task: str, baseline: B
         threshold = params.thresholds.get(name)
         tol = params.tolerance_for(name)
         base = _number(baseline.metrics.get(name)) if baseline.metrics is not None else None
+        committed = baseline.committed
+        committed_value = _number(committed.get(name)) if baseline.rescored and committed is not None else None
         reasons: list[str] = []
         if value is None:
             reasons.append("missing or NaN: fails closed")
@@ -137,7 +217,8 @@ def judge(metrics: Mapping[str, Any], params: GateParams, task: str, baseline: B
                 if delta > tol + 1e-12:
                     reasons.append(f"regressed by {_fmt(delta)} from baseline {_fmt(base)}"
                                    + (f" (tolerance {_fmt(tol)})" if tol else ""))
-        checks.append(Check(name, value, hib, threshold, base, tol, not reasons, tuple(reasons)))
+        checks.append(Check(name, value, hib, threshold, base, tol, not reasons, tuple(reasons),
+                            baseline.rescored, committed_value))
     clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     return GateResult(all(c.passed for c in checks), task, tuple(checks), baseline, clean)
 
@@ -180,6 +261,10 @@ def _number(value: Any) -> float | None:
 
 def _json_num(value: float | None) -> float | None:
     return None if value is None or math.isnan(value) else value
+
+
+def _json_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float | None] | None:
+    return None if metrics is None else {k: _number(v) for k, v in metrics.items()}
 
 
 def _fmt(value: float | None) -> str:

@@ -442,19 +442,23 @@ def restore(ws: Workspace, rel: Release, dest: Path) -> Restored:
     if raw is None:
         raise ReleaseRefused(rel.tag, f"no {ws.card} at this release", "this tag is not a modelshelf release")
     card = parse_card(raw, f"{rel.tag}:{ws.card}")
-    lock_dir = PurePosixPath(ws.lock).parent
-    card_dir = PurePosixPath(ws.card).parent
     dest.mkdir(parents=True, exist_ok=True)
     sources = set()
     for rec in card["artefacts"].values():  # every format the card records, each verified
-        repo_path = card_dir / rec["file"]
-        rel_path = str(repo_path.relative_to(lock_dir)) if str(lock_dir) != "." else str(repo_path)
-        md5 = remote.locked_md5(ws.repo, rel.tag, ws.lock, rel_path, ws.root)
-        target = dest / rec["file"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        sources.add(remote.restore(ws.root, rel.tag, rel_path, target, rec["sha256"], md5))
+        sources.add(restore_artefact(ws, rel.tag, rec, dest / rec["file"]))
     artefacts.write_text(dest / CARD_FILE, raw.decode())
     return Restored(rel.version, dest, "remote" if "remote" in sources else "cache", card)
+
+
+def restore_artefact(ws: Workspace, rev: str, rec: dict[str, Any], target: Path) -> str:
+    """Write the bytes of the card record ``rec`` (``file``, ``sha256``) as they were at ``rev``
+    to ``target``, verified: from the local DVC cache, else the remote (``"cache"``/``"remote"``)."""
+    lock_dir = PurePosixPath(ws.lock).parent
+    repo_path = PurePosixPath(ws.card).parent / rec["file"]
+    rel_path = str(repo_path.relative_to(lock_dir)) if str(lock_dir) != "." else str(repo_path)
+    md5 = remote.locked_md5(ws.repo, rev, ws.lock, rel_path, ws.root)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return remote.restore(ws.root, rev, rel_path, target, rec["sha256"], md5)
 
 
 def rollback(start: str | Path, spec: str) -> Restored:

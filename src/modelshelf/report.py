@@ -13,7 +13,7 @@ from typing import Any
 
 from modelshelf.card import parse_card, schema_changed
 from modelshelf.errors import ConfigError
-from modelshelf.gate import GateResult, judge, read_baseline
+from modelshelf.gate import COMMITTED, GateResult, judge
 from modelshelf.params import load_params, parse_params
 from modelshelf.tags import SemVer
 
@@ -63,8 +63,16 @@ class Report:
         failing = [f"{c.metric}: {'; '.join(c.reasons)}" for c in self.gate.checks if not c.passed]
         if failing:
             lines += ["", "**Gate failures:** " + " · ".join(failing)]
-        if not self.gate.baseline.found:
-            lines += ["", f"_No baseline at {self.base} ({self.gate.baseline.note}): thresholds only._"]
+        b = self.gate.baseline
+        if not b.found:
+            lines += ["", f"_No baseline at {self.base} ({b.note}): thresholds only._"]
+        elif b.rescored and b.rescore is not None:
+            committed = ", ".join(f"{k} {_num(v)}" for k, v in (b.committed or {}).items()
+                                  if k in {c.metric for c in self.gate.checks})
+            lines += ["", f"**Baseline:** {b.rescore.label()}: {b.rescore.note}; "
+                          f"committed at {self.base}: {committed}"]
+        elif b.rescore is not None:
+            lines += ["", f"**Baseline:** {COMMITTED} at {self.base}; not re-scored: {b.rescore.note}"]
         lines += ["", "**Params changed:** " + (", ".join(
             f"`{k}` {_val(a)} → {_val(b)}" for k, a, b in _rows(self.params_changed)) or "none")]
         lines.append(f"**Release on merge:** {'v' + self.version if self.version else 'none'} ({self.version_reason})")
@@ -80,12 +88,14 @@ class Report:
 
 def build(root: Path, base: str = "main") -> Report:
     """Judge the workspace candidate of the project at ``root`` against revision ``base``."""
+    from modelshelf import baseline as baselines
     from modelshelf.project import stage_options
     from modelshelf.registry import Workspace, open_registry
 
     ws = Workspace.open(root)
     params = load_params(ws.root / "params.yaml")
-    metrics_rel = stage_options(ws.root, "gate")["metrics"]
+    options = stage_options(ws.root, "gate")
+    metrics_rel = options["metrics"]
     metrics_path = ws.root / metrics_rel
     try:
         metrics = json.loads(metrics_path.read_text())
@@ -94,7 +104,8 @@ def build(root: Path, base: str = "main") -> Report:
     from modelshelf.metrics import task_of
 
     task = task_of(k for k, v in metrics.items() if v is not None) or "binary"
-    baseline = read_baseline(ws.repo, base, ws.repo.relpath(metrics_path))
+    prepared = ws.root / options["prepared"] if "prepared" in options else None
+    baseline = baselines.read(ws.repo, base, ws.repo.relpath(metrics_path), root=ws.root, prepared=prepared)
     result = judge(metrics, params.gate, task, baseline)
     base_commit = baseline.commit
     same = base_commit is not None and base_commit == ws.repo.head() and not ws.repo.is_dirty()

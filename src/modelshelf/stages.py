@@ -17,7 +17,7 @@ from typing import Any
 from modelshelf import artefacts
 from modelshelf.card import CARD_FILE, MODEL_FILE, build_card, parse_card, schema_changed, utc_now
 from modelshelf.errors import ConfigError, DataError, GateFailed
-from modelshelf.gate import GateResult, judge, read_baseline
+from modelshelf.gate import GateResult, judge
 from modelshelf.gitrepo import GitRepo
 from modelshelf.metrics import task_of
 from modelshelf.params import load_params
@@ -166,8 +166,16 @@ def read_metrics(path: Path) -> dict[str, Any]:
     return data
 
 
-def gate(params_path: Path, metrics_path: Path, out: Path | None) -> GateResult:
-    """Judge the metrics in ``metrics_path``; write the report to ``out`` (if given)."""
+def gate(params_path: Path, metrics_path: Path, out: Path | None,
+         prepared: Path | None = None) -> GateResult:
+    """Judge the metrics in ``metrics_path``; write the report to ``out`` (if given).
+
+    With ``prepared`` (the split the candidate was scored on), the baseline model is
+    re-scored on its test split and the candidate compared with that; otherwise, or when
+    it cannot be, with the committed baseline metrics (see :mod:`modelshelf.baseline`).
+    """
+    from modelshelf import baseline as baselines
+
     params = load_params(params_path).gate
     metrics = read_metrics(metrics_path)
     task = task_of(k for k, v in metrics.items() if v is not None)
@@ -175,7 +183,8 @@ def gate(params_path: Path, metrics_path: Path, out: Path | None) -> GateResult:
         raise DataError(str(metrics_path), "cannot tell the task from its metric names",
                         "rerun `dvc repro evaluate`")
     repo = GitRepo.discover(metrics_path.resolve().parent)
-    baseline = read_baseline(repo, params.baseline, repo.relpath(metrics_path))
+    baseline = baselines.read(repo, params.baseline, repo.relpath(metrics_path),
+                              root=params_path.resolve().parent, prepared=prepared)
     result = judge(metrics, params, task, baseline)
     if out is not None:
         report = result.to_json()
