@@ -57,3 +57,10 @@ def test_export_passes_parity_and_the_runner_agrees(mixed: bool, estimator: str)
     got = runner.predict(Batch.from_columns(columns, schema))
     assert got["predictions"] == pipeline.predict(X).tolist()
     np.testing.assert_allclose(got["probabilities"], pipeline.predict_proba(X), atol=1e-5)
+
+
+def test_export_is_reproducible() -> None:
+    """The same fitted pipeline exports to the same bytes (dvc repro must not see a change)."""
+    pipeline, schema, X, first = _exported(True, "sklearn.ensemble.RandomForestClassifier")
+    again = onnxcopy.export(pipeline, schema, X, None, regression_tolerance=1e-4)
+    assert first.data is not None and again.data == first.data

@@ -694,3 +694,26 @@ def test_stages_can_come_from_gto_config(released: Project) -> None:
     p.set_params(release={"stages": ["staging", "prod"]})
     p.commit("params stages")
     assert p.shelf("promote", "v1.0.0", "--to", "staging").returncode == 0
+
+
+def test_restore_keeps_an_intact_cache_object_when_the_card_disagrees(remote_project: Project) -> None:
+    """A card whose sha256 does not match is refused, but the cache object (its bytes still
+    hash to its name) is not deleted on the card's word; a corrupt object is."""
+    from modelshelf.errors import IntegrityError
+    from modelshelf.remote import restore
+
+    p = remote_project
+    md5 = locked_md5(p, MODEL)
+    obj = object_path(p.root / ".dvc" / "cache", md5)
+    intact = obj.read_bytes()
+    real_sha = hashlib.sha256(intact).hexdigest()
+    with pytest.raises(IntegrityError):
+        restore(p.root, "HEAD", MODEL, p.root / "out.joblib", "0" * 64, md5)
+    assert obj.read_bytes() == intact and not (p.root / "out.joblib").exists()
+
+    p.dvc("push", "-q")
+    obj.chmod(0o644)
+    obj.write_bytes(intact + b"corrupted")
+    assert restore(p.root, "HEAD", MODEL, p.root / "out.joblib", real_sha, md5) == "remote"
+    assert (p.root / "out.joblib").read_bytes() == intact
+    assert not obj.exists() or obj.read_bytes() == intact

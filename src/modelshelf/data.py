@@ -54,7 +54,7 @@ def load_source(params: DataParams, root: Path) -> Dataset:
                         "check the path, or run `dvc pull` if it is tracked by DVC")
     raw = path.read_bytes()
     try:
-        frame = pd.read_csv(path, float_precision="round_trip")
+        frame = pd.read_csv(path, **_exact_floats())
     except pd.errors.EmptyDataError:
         raise DataError(where, "the CSV file is empty", "add a header row and data rows") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
@@ -187,10 +187,18 @@ def read_split(path: str | Path, schema: dict[str, Any]) -> tuple[pd.DataFrame, 
     target = schema["target"]["name"]
     if schema["target"]["dtype"] in ("object", "str", "string", "bool"):
         dtypes[target] = object
-    frame = pd.read_csv(path, dtype=dtypes, float_precision="round_trip", keep_default_na=False,
+    frame = pd.read_csv(path, dtype=dtypes, keep_default_na=False, **_exact_floats(),
                         na_values=[""])
     names = [f["name"] for f in schema["features"]]
     return frame[names], frame[target]
+
+
+def _exact_floats() -> dict[str, Any]:
+    """read_csv options that parse every float exactly: pandas 3 does by default (and
+    deprecates the option); pandas 2's default parser can be off by one ulp."""
+    import pandas as pd
+
+    return {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 
 
 def _json_scalar(value: Any) -> Any:

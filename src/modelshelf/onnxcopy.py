@@ -129,7 +129,8 @@ def export(pipeline: Any, schema: Mapping[str, Any], X: Any, y: Any, *,
         conv = _graph_pipeline(pipeline)
         est = conv.steps[-1][1]
         options = {id(est): {"zipmap": False}} if schema["task"] != "regression" else None
-        model = convert_sklearn(conv, initial_types=inputs, options=options)
+        # a fixed graph name: skl2onnx draws a random one, and the copy must be reproducible
+        model = convert_sklearn(conv, initial_types=inputs, options=options, name="modelshelf")
         data = _one_numeric_input(model.SerializeToString())
     except Exception as exc:  # noqa: BLE001 - the converter raises many kinds; record why
         return Export(None, {"checked": False}, f"skl2onnx cannot convert it: {type(exc).__name__}: "

@@ -153,8 +153,10 @@ def restore(root: Path, rev: str, path: str, dest: Path, sha256: str, md5: str |
             if artefacts.sha256_file(cached) == sha256:
                 artefacts.copy_verified(cached, dest, sha256)
                 return "cache"
-            # A corrupt cache object would be served again by dvc.api: drop it, fetch the remote's.
-            cached.unlink()
+            # A corrupt object (its bytes no longer hash to its name) would be served again by
+            # dvc.api: drop it and fetch the remote's.  An intact one stays, whatever the card says.
+            if _md5_file(cached) != md5:
+                cached.unlink()
     import hashlib
 
     import dvc.api
@@ -175,3 +177,13 @@ def restore(root: Path, rev: str, path: str, dest: Path, sha256: str, md5: str |
         raise RemoteError(f"{rev}:{path}", f"cannot fetch from cache or remote ({type(exc).__name__})",
                           "check `dvc remote list` and that the release was pushed") from None
     return "remote"
+
+
+def _md5_file(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
