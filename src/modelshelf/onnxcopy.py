@@ -182,4 +182,4 @@ class Session:
 
     def run(self, tensors: Sequence[Any]) -> list[Any]:
         """Outputs for ``tensors`` given in the schema's feature order (see :func:`feeds`)."""
-        return self._session.run(None, dict(zip(self.inputs, tensors, strict=True)))
+        return self._session.run(self.outputs, dict(zip(self.inputs, tensors, strict=True)))
