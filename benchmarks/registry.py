@@ -28,8 +28,9 @@ Measured (wall time of the whole command, ``time.perf_counter`` around
    the ``prod`` holder.  One discarded run of each, then ``--versions-runs`` (5)
    of ``shelf versions`` and ``--gto-runs`` (3) of ``gto show``, interleaved.
    Goal: ``gto show`` median / ``shelf versions`` median ≥ 10.
-2. **Rollback from the local cache**: ``shelf rollback vX`` against ``git checkout
-   model@vX -- models/card.json dvc.lock`` + ``dvc checkout models/model.joblib``
+2. **Rollback from the local cache**: ``shelf rollback vX`` (the workspace's
+   pipeline state back to the release, the model verified) against ``git checkout
+   model@vX -- dvc.lock params.yaml metrics models/card.json`` + ``dvc checkout``
    of the same tag, in a small project with two real releases (``shelf release``
    to a local DVC remote; the second after ``train.hyperparams.n_estimators: 60``
    and ``gate.tolerance: 0.05``).  vX is the first release, the workspace holds
@@ -255,8 +256,8 @@ def measure_rollback(root: Path, env: Mapping[str, str], tag: str,
 
     def plain() -> float:
         start = time.perf_counter()
-        run(["git", "checkout", tag, "--", CARD, "dvc.lock"], root, env)
-        run(["dvc", "checkout", "-q", MODEL], root, env)
+        run(["git", "checkout", tag, "--", "dvc.lock", "params.yaml", "metrics", CARD], root, env)
+        run(["dvc", "checkout", "-q"], root, env)
         elapsed = time.perf_counter() - start
         restored("git checkout + dvc checkout")
         reset()

@@ -235,16 +235,32 @@ def test_release_promote_rollback_restore_get_story(released: Project, tmp_path:
     assert json.loads(p.shelf("show", "v1.0.0", "--json").stdout) == v1
     assert json.loads(p.shelf("show", "prod", "--json").stdout) == v1
 
-    # Restore v1.0.0 into the workspace: bytes and card are v1.0.0's.
+    # Put the workspace back to v1.0.0: bytes, card, lock, params and metrics are v1.0.0's,
+    # and DVC agrees (what `git checkout model@v1.0.0 -- …` + `dvc checkout` would give).
+    (p.root / "features.py").write_text("SCALE = 2  # code written after v1.0.0\n")
+    p.git("add", "features.py")
+    p.git("commit", "-q", "-m", "code after the releases")
     restored = p.shelf("rollback", "v1.0.0")
-    assert "restored v1.0.0" in restored.stdout
+    assert "workspace at v1.0.0" in restored.stdout and "from the cache" in restored.stdout
     assert sha(p.root / MODEL) == v1["artefacts"]["model"]["sha256"]
     assert json.loads((p.root / CARD).read_text()) == v1
+    for path in ("dvc.lock", "params.yaml", "metrics/eval.json", CARD):
+        assert (p.root / path).read_bytes() == p.git("show", f"model@v1.0.0:{path}").stdout.encode(), path
+    assert json.loads(p.dvc("status", "--json").stdout or "{}") == {}
+    # Code is never rolled back: only pipeline files change.
+    assert (p.root / "features.py").read_text().startswith("SCALE = 2")
+    changed = set(p.git("diff", "--name-only").stdout.split())
+    assert "dvc.lock" in changed and CARD in changed and "features.py" not in changed
+
+    # Uncommitted changes are not overwritten without --force.
+    refused = p.shelf("rollback", "v1.1.0", check=False)
+    assert refused.returncode == 7 and "--force" in refused.stderr
+    assert sha(p.root / MODEL) == v1["artefacts"]["model"]["sha256"]
 
     # Without a local DVC cache the bytes come from the DVC remote, verified.
     shutil.rmtree(p.root / ".dvc" / "cache")
-    restored = p.shelf("rollback", "v1.1.0")
-    assert "restored v1.1.0" in restored.stdout and "from the remote" in restored.stdout
+    restored = p.shelf("rollback", "v1.1.0", "--force")
+    assert "workspace at v1.1.0" in restored.stdout and "from the remote" in restored.stdout
     assert sha(p.root / MODEL) == v11["artefacts"]["model"]["sha256"]
     assert json.loads((p.root / CARD).read_text()) == v11
     assert p.git("status", "--porcelain", "--untracked-files=no").stdout == ""
@@ -617,7 +633,7 @@ def test_gc_keeps_every_release(released: Project) -> None:
     assert not object_path(cache, experiment).exists()
     for v, md5 in releases.items():
         assert object_path(cache, md5).is_file(), v
-        done = p.shelf("rollback", f"v{v}")
+        done = p.shelf("rollback", f"v{v}", "--force")
         assert "from the cache" in done.stdout
         assert sha(p.root / MODEL) == cards[v]
 
@@ -628,7 +644,7 @@ def test_gc_keeps_every_release(released: Project) -> None:
         assert object_path(store, md5).is_file(), v
     shutil.rmtree(cache)
     for v in releases:
-        done = p.shelf("rollback", f"v{v}")
+        done = p.shelf("rollback", f"v{v}", "--force")
         assert "from the remote" in done.stdout
         assert sha(p.root / MODEL) == cards[v]
     assert p.git("status", "--porcelain", "--untracked-files=no").stdout == ""
@@ -717,3 +733,16 @@ def test_restore_keeps_an_intact_cache_object_when_the_card_disagrees(remote_pro
     assert restore(p.root, "HEAD", MODEL, p.root / "out.joblib", real_sha, md5) == "remote"
     assert (p.root / "out.joblib").read_bytes() == intact
     assert not obj.exists() or obj.read_bytes() == intact
+
+
+def test_rollback_refuses_to_overwrite_outputs_that_differ_from_the_lock(released: Project) -> None:
+    p = released
+    model = p.root / MODEL
+    model.chmod(0o644)
+    edited = model.read_bytes() + b"local work"
+    model.write_bytes(edited)
+    refused = p.shelf("rollback", "v1.0.0", check=False)
+    assert refused.returncode == 7 and MODEL in refused.stderr and "--force" in refused.stderr
+    assert model.read_bytes() == edited   # nothing was overwritten
+    assert "workspace at v1.0.0" in p.shelf("rollback", "v1.0.0", "--force").stdout
+    assert json.loads(p.dvc("status", "--json").stdout or "{}") == {}

@@ -192,7 +192,7 @@ def test_release_rollback_and_get_through_s3(built: Project, s3_remote: S3Remote
     dest = tmp_path / "fetched"
     with no_local_cache(p, tmp_path / "cache-aside") as clear_cache:
         out = p.shelf("rollback", "v1.0.0").stdout
-        assert "restored v1.0.0" in out and "from the remote" in out, out
+        assert "workspace at v1.0.0" in out and "from the remote" in out, out
         assert sha(p.root / "models/model.joblib") == v1_card["artefacts"]["model"]["sha256"]
         assert p.json("models/card.json") == v1_card
 

@@ -346,8 +346,10 @@ def cmd_rollback(a: argparse.Namespace) -> int:
         from modelshelf.errors import ConfigError
 
         raise ConfigError("shelf rollback", "no VERSION or --stage given", "e.g. `shelf rollback v1.2.0`")
-    r = rollback(".", a.version)
-    print(f"restored v{r.version} into {r.directory} from the {r.source}; sha256 verified against its card")
+    r = rollback(".", a.version, force=a.force)
+    print(f"workspace at v{r.version}: pipeline files from git, outputs from the {r.source}; "
+          f"{r.directory} verified against its card. Commit to keep it (`git commit -am 'roll back to "
+          f"v{r.version}'`)")
     return 0
 
 
@@ -489,9 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version")
     pushable(p)
 
-    p = add("rollback", cmd_rollback, "restore a release into the workspace, or move a stage back")
-    p.add_argument("version", nargs="?", help="the release to restore into the workspace")
+    p = add("rollback", cmd_rollback, "put the workspace back to a release, or move a stage back")
+    p.add_argument("version", nargs="?", help="the release whose pipeline state (dvc.lock, params, metrics, "
+                                              "card, model, data) the workspace takes")
     p.add_argument("--stage", help="re-assign this stage to the version it held before")
+    p.add_argument("--force", action="store_true", help="overwrite uncommitted changes to pipeline files and data")
     pushable(p)
 
     p = add("get", cmd_get, "fetch a release's model and card into a directory, verified")

@@ -461,11 +461,20 @@ def restore_artefact(ws: Workspace, rev: str, rec: dict[str, Any], target: Path)
     return remote.restore(ws.root, rev, rel_path, target, rec["sha256"], md5)
 
 
-def rollback(start: str | Path, spec: str) -> Restored:
-    """Restore a release's model and card into the workspace's model directory."""
+def rollback(start: str | Path, spec: str, *, force: bool = False) -> Restored:
+    """Put the workspace's pipeline state back to a release (see :mod:`modelshelf.checkout`):
+    its dvc.lock, params, metrics and card from git, its model and data from the DVC cache or
+    remote, the model verified against the card.  Refuses to overwrite uncommitted changes
+    unless ``force``."""
+    from modelshelf.checkout import checkout
+
     ws = Workspace.open(start)
     rel = open_registry(ws).find(spec)
-    return restore(ws, rel, ws.repo.root / PurePosixPath(ws.card).parent)
+    if ws.repo.show(rel.tag, ws.card) is None:
+        raise ReleaseRefused(rel.tag, f"no {ws.card} at this release", "this tag is not a modelshelf release")
+    source = checkout(ws.repo, ws.root, rel.tag, ws.lock, ws.card, force=force)
+    card = parse_card((ws.repo.root / ws.card).read_bytes(), ws.card)
+    return Restored(rel.version, ws.repo.root / PurePosixPath(ws.card).parent, source, card)
 
 
 def get(start: str | Path, spec: str, out: str | Path) -> Restored:
