@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from modelshelf import artefacts, remote
+from modelshelf import artefacts
 from modelshelf.card import parse_card
 from modelshelf.errors import ReleaseRefused, RemoteError
 from modelshelf.gitrepo import GitRepo
@@ -43,6 +43,9 @@ def pipeline_files(repo: GitRepo, rev: str, lock: str) -> set[str]:
 def checkout(repo: GitRepo, root: Path, rev: str, lock: str, card: str, *, force: bool = False) -> str:
     """Put the pipeline state of ``rev`` into the workspace; returns ``"cache"`` or ``"remote"``
     (where the cached outputs came from).  The card's artefacts are verified at the end."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
     files = pipeline_files(repo, rev, lock) | pipeline_files(repo, "HEAD", lock)
     if not force:
         _refuse_local_changes(repo, root, files)
@@ -54,13 +57,19 @@ def checkout(repo: GitRepo, root: Path, rev: str, lock: str, card: str, *, force
         else:
             with artefacts.atomic_output(target, "wb") as fh:
                 fh.write(data)
+    # DVC in-process (one import, not two subprocesses), on a fresh Repo: the lock changed.
     source = "cache"
-    if remote.dvc(root, "checkout", "-q", "--force").returncode != 0:  # objects missing locally
-        pulled = remote.dvc(root, "pull", "-q", "--force")
-        if pulled.returncode != 0:
-            raise RemoteError(rev, f"dvc pull failed: {remote.last_line(pulled)}",
-                              "check `dvc remote list` and that the release was pushed")
+    try:
+        with Repo(str(root)) as dvc_repo:
+            dvc_repo.checkout(force=True)
+    except DvcException:  # objects missing from the cache
         source = "remote"
+        try:
+            with Repo(str(root)) as dvc_repo:
+                dvc_repo.pull(force=True)
+        except DvcException as exc:
+            raise RemoteError(rev, f"dvc pull failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+                              "check `dvc remote list` and that the release was pushed") from None
     parsed = parse_card((repo.root / card).read_bytes(), card)
     directory = (repo.root / card).parent
     for rec in parsed["artefacts"].values():
@@ -71,17 +80,19 @@ def checkout(repo: GitRepo, root: Path, rev: str, lock: str, card: str, *, force
 def _refuse_local_changes(repo: GitRepo, root: Path, files: set[str]) -> None:
     """Refuse to overwrite work not committed: git-tracked pipeline files, or DVC outputs
     that differ from the lock (new data not yet added, say)."""
-    import json
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
 
     lines = repo.run("status", "--porcelain", "--untracked-files=no", "--", *sorted(files)).stdout.splitlines()
     changed = [line[3:] for line in lines if line.strip()]
     if not changed:
-        proc = remote.dvc(root, "status", "--json")
         try:
-            report = json.loads(proc.stdout or "{}")
-        except ValueError:
-            report = {}
-        for entries in report.values() if isinstance(report, dict) else []:
+            with Repo(str(root)) as dvc_repo:
+                report = dvc_repo.status()
+        except DvcException as exc:  # cannot tell what would be lost: refuse
+            raise ReleaseRefused("dvc status", f"failed ({type(exc).__name__})",
+                                 "fix the DVC project, or pass --force to skip this check") from None
+        for entries in report.values():
             for entry in entries if isinstance(entries, list) else []:
                 outs = entry.get("changed outs", {}) if isinstance(entry, dict) else {}
                 changed += [path for path, state in outs.items() if state == "modified"]
