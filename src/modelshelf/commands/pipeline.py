@@ -1,0 +1,220 @@
+"""``shelf`` subcommands of the pipeline: scaffold, the stages, verify, show, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from modelshelf.commands import Add, number
+from modelshelf.errors import GateFailed
+
+
+def cmd_init(a: argparse.Namespace) -> int:
+    from modelshelf.project import init
+
+    for path in init(a.dir, force=a.force):
+        print(f"wrote {path}")
+    print("next: `dvc repro` runs prepare → train → evaluate → gate → serialise")
+    return 0
+
+
+def cmd_prepare(a: argparse.Namespace) -> int:
+    from modelshelf.stages import prepare
+
+    info = prepare(a.params, a.raw, a.out, a.profile)
+    print(f"prepare: {info['source']}: {info['rows']} rows ({info['train_rows']} train, "
+          f"{info['test_rows']} test), task {info['task']}, sha256 {info['sha256'][:12]}")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from modelshelf.stages import train
+
+    info = train(a.params, a.prepared, a.out)
+    print(f"train: {info['algorithm']} fitted, candidate sha256 {info['sha256'][:12]}")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from modelshelf.stages import evaluate
+
+    metrics = evaluate(a.prepared, a.candidate, a.metrics, a.plots)
+    print("evaluate: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    return 0
+
+
+def _stage_defaults(a: argparse.Namespace, stage: str, names: Sequence[str]) -> None:
+    """Fill options left out from the stage's command in dvc.yaml."""
+    if all(getattr(a, n) is not None for n in names):
+        return
+    from modelshelf.project import find_root, stage_options
+
+    root = find_root()
+    opts = stage_options(root, stage)
+    for n in names:
+        if getattr(a, n) is None:
+            setattr(a, n, root / opts[n] if n in opts else None)
+
+
+def cmd_gate(a: argparse.Namespace) -> int:
+    from modelshelf.stages import gate
+
+    _stage_defaults(a, "gate", ("params", "metrics", "out"))
+    if a.prepared is None and a.params is not None and (a.params.resolve().parent / "dvc.yaml").is_file():
+        from modelshelf.project import stage_options
+
+        root = a.params.resolve().parent  # an older dvc.yaml has no --prepared: committed baseline
+        a.prepared = root / p if (p := stage_options(root, "gate").get("prepared")) else None
+    result = gate(a.params or Path("params.yaml"), a.metrics, None if a.no_write else a.out, a.prepared)
+    print(json.dumps(result.to_json(), indent=2) if a.json else result.table())
+    if not result.passed:
+        raise GateFailed(str(a.out or a.metrics), "the candidate did not clear the gate",
+                         "see the table above; nothing will be serialised")
+    return 0
+
+
+def cmd_serialise(a: argparse.Namespace) -> int:
+    from modelshelf.stages import serialise
+
+    done = serialise(a.params, a.prepared, a.candidate, a.metrics, a.gate, a.out, a.profile)
+    c = done.card
+    print(f"serialise: {c['name']} v{c['version']} ({c['version_bump']}) → {done.model_path} "
+          f"sha256 {c['artefacts']['model']['sha256'][:12]}, card {done.card_path}")
+    return 0
+
+
+def _model_dir(value: Path | None) -> Path:
+    if value is not None:
+        return value
+    from modelshelf.project import find_root, model_artifact
+
+    root = find_root()
+    return (root / model_artifact(root)[1]).parent
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    from modelshelf.model import verify
+
+    v = verify(_model_dir(a.path), allow_version_mismatch=a.allow_version_mismatch)
+    files = ", ".join(f for _, f in v.files)
+    print(f"verified {v.name} v{v.version}: sha256 matches the card for {files}")
+    for dep, (built, running) in v.dependencies.items():
+        mark = "✓" if built == running else "!"
+        print(f"  {mark} {dep}: built {built}, running {running}")
+    return 0
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    from modelshelf.card import read_card
+
+    if a.path is not None and not a.path.exists():  # a version, 'latest' or a stage
+        from modelshelf.registry import Workspace, open_registry
+
+        rel = open_registry(Workspace.open()).find(str(a.path))
+        if rel.card is None:
+            from modelshelf.errors import IntegrityError
+
+            raise IntegrityError(rel.tag, "no readable card at this release", "inspect it with git show")
+        card = rel.card
+    else:
+        card = read_card(_model_dir(a.path))
+    if a.json:
+        print(json.dumps(card, indent=2))
+        return 0
+    print(render_card(card))
+    return 0
+
+
+def render_card(card: dict[str, Any]) -> str:
+    """A short human summary of a card."""
+    ds, gate, model = card["dataset"], card["gate"], card["artefacts"]["model"]
+    base = gate.get("baseline", {})
+    lines = [
+        f"{card['name']} v{card['version']}  ({card.get('version_bump', '')})",
+        f"  trained    {card['trained_at']} from commit {(card['git'].get('commit') or 'none')[:12]}"
+        + (" (dirty)" if card["git"].get("dirty") else ""),
+        f"  algorithm  {card['algorithm']}",
+        f"  dataset    {ds['source']}: {ds['rows']} rows, sha256 {ds['sha256'][:12]}",
+        f"  model      {model['file']}: {model['bytes']} bytes, sha256 {model['sha256'][:12]}",
+        f"  runtime    python {card['dependencies'].get('python')}, "
+        f"scikit-learn {card['dependencies'].get('scikit-learn')}",
+        f"  gate       {'passed' if gate.get('passed') else 'FAILED'}; baseline "
+        + (f"{base.get('rev')} ({(base.get('commit') or '')[:12]})" if base.get("found")
+           else f"none ({base.get('note', '')})")
+        + (f", {base['label']}" if base.get("found") and base.get("label") else ""),
+    ]
+    for metric, check in gate.get("checks", {}).items():
+        mark = "✓" if check.get("passed") else "✗"
+        lines.append(f"    {mark} {metric}: {number(check.get('value'))} (threshold {number(check.get('threshold'))}, "
+                     f"baseline {number(check.get('baseline'))})")
+    return "\n".join(lines)
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from modelshelf.report import build
+
+    rep = build(Path("."), a.base)
+    if a.json:
+        print(json.dumps(rep.to_json(), indent=2))
+    else:
+        print(rep.markdown() if a.md else rep.text(), end="")
+    if not rep.passed:
+        raise GateFailed(f"report against {a.base}", "the candidate does not clear the gate",
+                         "see the report; the merge would not release it")
+    return 0
+
+
+def register(add: Add) -> None:
+    """Add these subcommands and their arguments."""
+    p = add("init", cmd_init, "scaffold the workflow (git, DVC, dvc.yaml, params.yaml) in DIR")
+    p.add_argument("dir", nargs="?", default=".", type=Path)
+    p.add_argument("--force", action="store_true", help="overwrite dvc.yaml and params.yaml")
+
+    p = add("prepare", cmd_prepare, "stage: validate and split the dataset")
+    p.add_argument("--params", type=Path, required=True)
+    p.add_argument("--raw", type=Path, required=True, help="raw-data directory (the stage's dependency)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--profile", type=Path, help="where to write the training data's reference profile")
+
+    p = add("train", cmd_train, "stage: fit the candidate")
+    p.add_argument("--params", type=Path, required=True)
+    p.add_argument("--prepared", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+
+    p = add("evaluate", cmd_evaluate, "stage: held-out metrics and plot data")
+    p.add_argument("--prepared", type=Path, required=True)
+    p.add_argument("--candidate", type=Path, required=True)
+    p.add_argument("--metrics", type=Path, required=True)
+    p.add_argument("--plots", type=Path, required=True)
+
+    p = add("gate", cmd_gate, "judge the candidate's metrics against thresholds and the baseline")
+    p.add_argument("--params", type=Path, help="default: as in dvc.yaml's gate stage")
+    p.add_argument("--prepared", type=Path, help="the prepared split the candidate was scored on, to "
+                   "re-score the baseline model on (default: as in dvc.yaml's gate stage)")
+    p.add_argument("--metrics", type=Path, help="default: as in dvc.yaml's gate stage")
+    p.add_argument("--out", type=Path, help="default: as in dvc.yaml's gate stage")
+    p.add_argument("--no-write", action="store_true", help="print the verdict only")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p = add("serialise", cmd_serialise, "stage: write the gated model and its card")
+    for opt in ("params", "prepared", "candidate", "metrics", "gate", "out"):
+        p.add_argument(f"--{opt}", type=Path, required=True)
+    p.add_argument("--profile", type=Path, help="the reference profile the card should point to")
+
+    p = add("verify", cmd_verify, "check a model's sha256 and library versions against its card")
+    p.add_argument("path", nargs="?", type=Path, help="card or directory (default: the dvc.yaml model's)")
+    p.add_argument("--allow-version-mismatch", action="store_true")
+
+    p = add("show", cmd_show, "summarise a model card: the workspace's, a directory's, or a release's")
+    p.add_argument("path", nargs="?", type=Path,
+                   help="card, directory, vX.Y.Z, latest or a stage (default: the workspace model)")
+    p.add_argument("--json", action="store_true")
+
+    p = add("report", cmd_report, "the pull-request report: the workspace candidate against a base revision")
+    p.add_argument("--base", default="main", help="baseline revision (default: main)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--md", action="store_true", help="markdown with the sticky-comment marker")
+    fmt.add_argument("--json", action="store_true")

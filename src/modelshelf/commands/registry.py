@@ -1,0 +1,171 @@
+"""``shelf`` subcommands of the git-tag registry: release, versions, diff, promote, deprecate,
+rollback, get, gc."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from modelshelf.commands import Add, number, pushable
+
+
+def cmd_release(a: argparse.Namespace) -> int:
+    from modelshelf.registry import release
+
+    done = release(push=a.push, git_remote=a.git_remote, dvc_remote=a.remote, renumber=a.renumber,
+                   skip_released=a.skip_released)
+    if done.already:
+        print(f"already released as {done.tag} (same model sha256): nothing to do")
+        return 0
+    if done.renumbered_from is not None:
+        print(f"renumbered v{done.renumbered_from} → v{done.version} (committed)")
+    print(f"released {done.tag} at {done.commit[:12]}: artefacts verified in the DVC remote"
+          + ("; tag pushed" if done.pushed else "; push the tag with `git push origin " + done.tag + "`"))
+    return 0
+
+
+def cmd_versions(a: argparse.Namespace) -> int:
+    from modelshelf.registry import Workspace, open_registry
+
+    reg = open_registry(Workspace.open())
+    rows = [r.summary() for r in reversed(reg.releases)]
+    if a.plot is not None:
+        from modelshelf import plots
+
+        print(f"wrote {plots.versions(reg.releases, a.plot)}", file=sys.stderr)
+    if a.json:
+        print(json.dumps({"name": reg.name, "versions": rows}, indent=2))
+        return 0
+    if not rows:
+        print(f"no releases of {reg.name} yet (`shelf release` makes the first)")
+        return 0
+    keys = [k for k in ("accuracy", "f1", "f1_macro", "roc_auc", "r2", "rmse") if any(k in r["metrics"] for r in rows)][:3]
+    table = [["version", "date", "commit", "author", *keys, "stages", "deprecated"]]
+    for r in rows:
+        table.append([r["version"], r["date"][:19], r["commit"][:8], r["author"],
+                      *(number(r["metrics"].get(k)) for k in keys), ",".join(r["stages"]) or "-",
+                      "yes" if r["deprecated"] else ""])
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_diff(a: argparse.Namespace) -> int:
+    from modelshelf.registry import Workspace, open_registry
+
+    reg = open_registry(Workspace.open())
+    old, new = reg.find(a.old), reg.find(a.new)
+    from modelshelf.card import diff_cards
+
+    diff = diff_cards(old.card or {}, new.card or {})
+    if a.json:
+        print(json.dumps({"old": f"v{old.version}", "new": f"v{new.version}", **diff}, indent=2))
+        return 0
+    print(f"v{old.version} → v{new.version}")
+    for section, rows in diff.items():
+        if rows:
+            print(f"  {section}:")
+            for key, (x, y) in rows.items():
+                print(f"    {key}: {x} → {y}")
+    return 0
+
+
+def cmd_promote(a: argparse.Namespace) -> int:
+    from modelshelf.registry import promote
+
+    done = promote(".", a.version, a.to, push=a.push, git_remote=a.git_remote)
+    print(f"assigned {a.to} to v{done.version} ({done.tag})")
+    return 0
+
+
+def cmd_deprecate(a: argparse.Namespace) -> int:
+    from modelshelf.registry import deprecate
+
+    print(f"deprecated: {deprecate('.', a.version, push=a.push, git_remote=a.git_remote)}")
+    return 0
+
+
+def cmd_rollback(a: argparse.Namespace) -> int:
+    from modelshelf.registry import rollback, rollback_stage
+
+    if a.stage:
+        if a.version:
+            from modelshelf.errors import ConfigError
+
+            raise ConfigError("shelf rollback", "give a VERSION or --stage, not both", "pick one")
+        done = rollback_stage(".", a.stage, push=a.push, git_remote=a.git_remote)
+        print(f"{a.stage} rolled back to v{done.version} ({done.tag})")
+        return 0
+    if not a.version:
+        from modelshelf.errors import ConfigError
+
+        raise ConfigError("shelf rollback", "no VERSION or --stage given", "e.g. `shelf rollback v1.2.0`")
+    r = rollback(".", a.version, force=a.force)
+    print(f"workspace at v{r.version}: pipeline files from git, outputs from the {r.source}; "
+          f"{r.directory} verified against its card. Commit to keep it (`git commit -am 'roll back to "
+          f"v{r.version}'`)")
+    return 0
+
+
+def cmd_get(a: argparse.Namespace) -> int:
+    from modelshelf.registry import get
+
+    r = get(".", a.version, a.out)
+    print(f"fetched v{r.version} into {r.directory} from the {r.source}; sha256 verified against its card")
+    return 0
+
+
+def cmd_gc(a: argparse.Namespace) -> int:
+    from modelshelf.registry import gc
+
+    out = gc(".", cloud=a.cloud, dvc_remote=a.remote, dry=a.dry)
+    print(out or "nothing to collect; every release's artefacts kept")
+    return 0
+
+
+def register(add: Add) -> None:
+    """Add these subcommands and their arguments."""
+    p = add("release", cmd_release, "tag the workspace model model@vX.Y.Z once its artefacts are in the DVC remote")
+    pushable(p)
+    p.add_argument("-r", "--remote", help="DVC remote (default: the project's default remote)")
+    p.add_argument("--renumber", action="store_true",
+                   help="take the next free version when the card's is taken, commit, then release")
+    p.add_argument("--skip-released", action="store_true",
+                   help="exit 0 when this model (same sha256) is already released (for CI on main)")
+
+    p = add("versions", cmd_versions, "list releases with metrics and stages (read from git tags)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="also chart every release's metrics over time")
+
+    p = add("diff", cmd_diff, "metrics, hyperparameters and card differences between two releases")
+    p.add_argument("old")
+    p.add_argument("new")
+    p.add_argument("--json", action="store_true")
+
+    p = add("promote", cmd_promote, "assign a stage to a release (GTO tag name#stage#N)")
+    p.add_argument("version", help="vX.Y.Z, latest or a stage")
+    p.add_argument("--to", required=True, help="the stage, e.g. prod")
+    pushable(p)
+
+    p = add("deprecate", cmd_deprecate, "deprecate a release (GTO tag name@vX.Y.Z!#N)")
+    p.add_argument("version")
+    pushable(p)
+
+    p = add("rollback", cmd_rollback, "put the workspace back to a release, or move a stage back")
+    p.add_argument("version", nargs="?", help="the release whose pipeline state (dvc.lock, params, metrics, "
+                                              "card, model, data) the workspace takes")
+    p.add_argument("--stage", help="re-assign this stage to the version it held before")
+    p.add_argument("--force", action="store_true", help="overwrite uncommitted changes to pipeline files and data")
+    pushable(p)
+
+    p = add("get", cmd_get, "fetch a release's model and card into a directory, verified")
+    p.add_argument("version", help="vX.Y.Z, latest or a stage")
+    p.add_argument("-o", "--out", type=Path, required=True)
+
+    p = add("gc", cmd_gc, "collect DVC garbage, keeping the workspace and every release")
+    p.add_argument("-c", "--cloud", action="store_true", help="also collect in the DVC remote")
+    p.add_argument("-r", "--remote", help="DVC remote for --cloud")
+    p.add_argument("--dry", action="store_true")
