@@ -746,3 +746,18 @@ def test_rollback_refuses_to_overwrite_outputs_that_differ_from_the_lock(release
     assert model.read_bytes() == edited   # nothing was overwritten
     assert "workspace at v1.0.0" in p.shelf("rollback", "v1.0.0", "--force").stdout
     assert json.loads(p.dvc("status", "--json").stdout or "{}") == {}
+
+
+def test_rollback_with_the_bytes_nowhere_changes_nothing(released: Project, tmp_path: Path) -> None:
+    """No local cache and an unreachable remote: one line, exit 8, and the workspace as it was
+    (the objects are fetched before any file is touched)."""
+    p = released
+    retrain(p, 60, "fewer trees")
+    before = {path: (p.root / path).read_bytes() for path in ("dvc.lock", "params.yaml", CARD, MODEL)}
+    shutil.rmtree(p.root / ".dvc" / "cache")
+    store = store_of(p)
+    store.rename(tmp_path / "store-aside")
+    proc = p.shelf("rollback", "v1.0.0", "--force", check=False)
+    assert proc.returncode == 8 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "dvc fetch failed" in proc.stderr
+    assert {path: (p.root / path).read_bytes() for path in before} == before

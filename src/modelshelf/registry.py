@@ -472,8 +472,7 @@ def rollback(start: str | Path, spec: str, *, force: bool = False) -> Restored:
     rel = open_registry(ws).find(spec)
     if ws.repo.show(rel.tag, ws.card) is None:
         raise ReleaseRefused(rel.tag, f"no {ws.card} at this release", "this tag is not a modelshelf release")
-    source = checkout(ws.repo, ws.root, rel.tag, ws.lock, ws.card, force=force)
-    card = parse_card((ws.repo.root / ws.card).read_bytes(), ws.card)
+    source, card = checkout(ws.repo, ws.root, rel.tag, ws.lock, ws.card, force=force)
     return Restored(rel.version, ws.repo.root / PurePosixPath(ws.card).parent, source, card)
 
 
