@@ -206,19 +206,18 @@ class Load:
         return [t for c in self.clients for t, o in zip(c["latencies"], c["offsets"])
                 if lo <= c["start"] + o <= hi]
 
-    def tags(self) -> dict[str, int]:
+    def _summed(self, key: str) -> dict[str, int]:
         out: dict[str, int] = {}
         for c in self.clients:
-            for k, v in c["tags"].items():
+            for k, v in c[key].items():
                 out[k] = out.get(k, 0) + v
         return out
 
+    def tags(self) -> dict[str, int]:
+        return self._summed("tags")
+
     def errors(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for c in self.clients:
-            for k, v in c["errors"].items():
-                out[k] = out.get(k, 0) + v
-        return out
+        return self._summed("errors")
 
     def to_json(self) -> dict[str, Any]:
         return {"clients": self.width, "runs": len(self.runs), "requests": self.requests, "failed": self.failed,

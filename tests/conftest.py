@@ -156,3 +156,20 @@ def repo_root() -> Path:
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, symlinks=True)
     return dst
+
+
+def customers(n: int, seed: int, shift: float = 0.0) -> Any:
+    """``n`` customers with four numeric features and a region; ``shift`` moves x0's mean.
+    The label depends on the features' deviation, not on their means: shifted rows are
+    still learnable (drift without a change of concept)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4))
+    x[:, 0] += shift
+    region = rng.choice(["north", "south", "east"], size=n)
+    score = x[:, 0] - shift + 0.8 * x[:, 1] - 0.5 * x[:, 2] + np.where(region == "east", 0.7, 0.0)
+    label = (score + rng.normal(scale=0.15, size=n) > 0).astype(int)
+    return pd.DataFrame({"x0": x[:, 0], "x1": x[:, 1], "x2": x[:, 2], "x3": x[:, 3],
+                         "region": region, "churn": label})

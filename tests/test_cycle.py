@@ -9,32 +9,21 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import Project, add_remotes
+from conftest import Project, add_remotes, customers
 from test_serve import serve, wait_for  # noqa: F401  (serve is a fixture)
 
 pytestmark = pytest.mark.slow
 
 
-def batch(n: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 4))
-    x[:, 0] += shift
-    region = rng.choice(["north", "south", "east"], size=n)
-    # The label depends on the features, not on their means: a shifted batch is still learnable.
-    score = x[:, 0] - shift + 0.8 * x[:, 1] - 0.5 * x[:, 2] + np.where(region == "east", 0.7, 0.0)
-    label = (score + rng.normal(scale=0.15, size=n) > 0).astype(int)
-    return pd.DataFrame({"x0": x[:, 0], "x1": x[:, 1], "x2": x[:, 2], "x3": x[:, 3],
-                         "region": region, "churn": label})
 
 
 def test_new_data_drift_retrain_release_serve_regression_rollback(new_project, serve, tmp_path: Path) -> None:  # noqa: F811
     p: Project = new_project("cycle")
     p.commit("scaffold")
-    p.add_csv("customers.csv", batch(600, seed=1))
+    p.add_csv("customers.csv", customers(600, seed=1))
     p.set_params(data={"target": "churn"},
                  gate={"thresholds": {"accuracy": 0.75, "f1": 0.7}, "tolerance": 0.0})
     p.dvc("repro")
@@ -50,9 +39,9 @@ def test_new_data_drift_retrain_release_serve_regression_rollback(new_project, s
     v1_answer = server.post("/predict", probe).json()
 
     # New data arrives, shifted in x0: the drift check against prod names it (exit 9).
-    grown = pd.concat([batch(600, seed=1), batch(600, seed=2, shift=1.5)], ignore_index=True)
+    grown = pd.concat([customers(600, seed=1), customers(600, seed=2, shift=1.5)], ignore_index=True)
     fresh = tmp_path / "fresh.csv"
-    batch(600, seed=2, shift=1.5).to_csv(fresh, index=False)
+    customers(600, seed=2, shift=1.5).to_csv(fresh, index=False)
     drift = p.shelf("drift", str(fresh), "--model", "prod", "--json", check=False)
     assert drift.returncode == 9, drift.stderr
     assert json.loads(drift.stdout)["drifted"] == ["x0"]

@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -18,7 +17,7 @@ from modelshelf.gate import Baseline, GateResult, judge, read_baseline, result_f
 from modelshelf.gitrepo import GitRepo
 from modelshelf.params import GateParams
 
-from conftest import Project
+from conftest import Project, customers
 
 NAN = float("nan")
 METRICS_PATH = "metrics/eval.json"
@@ -603,16 +602,6 @@ def test_rescore_does_not_apply_without_a_baseline() -> None:
 # --------------------------------------------------------------------------- re-scored baseline (real git and DVC)
 
 
-def customers(n: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
-    """Rows whose label follows the features' deviation from their means (as in test_cycle)."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 4))
-    x[:, 0] += shift
-    region = rng.choice(["north", "south", "east"], size=n)
-    score = x[:, 0] - shift + 0.8 * x[:, 1] - 0.5 * x[:, 2] + np.where(region == "east", 0.7, 0.0)
-    label = (score + rng.normal(scale=0.15, size=n) > 0).astype(int)
-    return pd.DataFrame({"x0": x[:, 0], "x1": x[:, 1], "x2": x[:, 2], "x3": x[:, 3],
-                         "region": region, "churn": label})
 
 
 def customer_project(new_project: Any) -> Project:

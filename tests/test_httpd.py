@@ -138,7 +138,6 @@ def test_a_chunked_body_over_the_limit_is_refused(strict_server: Server) -> None
     with connect(strict_server.port) as s:
         s.sendall(b"POST /predict HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
         chunk = b"a" * 4096
-        status = None
         try:
             for _ in range(20):  # 80 KiB in all: past the limit, which stops the reading
                 s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))

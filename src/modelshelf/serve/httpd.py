@@ -20,6 +20,7 @@ from http import HTTPStatus
 from typing import Any
 
 import httptools
+import orjson
 
 from modelshelf.errors import ConfigError
 from modelshelf.serve.app import JSON, App, Reply
@@ -42,7 +43,7 @@ def _head(status: int, ctype: bytes, length: int, close: bool) -> bytes:
 
 
 def _error(status: int, message: str) -> bytes:
-    body = b'{"error":"%s"}' % message.encode()
+    body = orjson.dumps({"error": message})
     return _head(status, JSON, len(body), True) + body
 
 

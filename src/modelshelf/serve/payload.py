@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import operator
 from collections.abc import Mapping
 from typing import Any
@@ -110,7 +109,7 @@ class Parser:
         """Raise for the first value the fast path refused, in row order."""
         for i, row in enumerate(rows):
             for n in (*self.numeric, *self.categorical):
-                _value(row[n], self.kinds[n], f"rows[{i}].{n}")
+                _check_value(row[n], self.kinds[n], f"rows[{i}].{n}")
         raise AssertionError("a value failed the fast check but passed the full one")
 
     def _columns(self, cols: Any) -> Batch:
@@ -131,7 +130,7 @@ class Parser:
         if matrix is None or not all(_TEXT.issuperset(map(type, v)) for v in categorical.values()):
             for name in (*self.numeric, *self.categorical):
                 for i, v in enumerate(cols[name]):
-                    _value(v, self.kinds[name], f"columns.{name}[{i}]")
+                    _check_value(v, self.kinds[name], f"columns.{name}[{i}]")
             raise AssertionError("a value failed the fast check but passed the full one")
         return Batch(matrix, categorical, n)
 
@@ -162,18 +161,17 @@ def _check_keys(keys: Any, names: list[str], where: str) -> None:
         raise BadRequest(422, f"unknown feature '{unknown[0]}'", f"{where}.{unknown[0]}")
 
 
-def _value(v: Any, kind: str, field: str) -> Any:
+def _check_value(v: Any, kind: str, field: str) -> None:
+    """Raise for a value the model cannot take; null is a missing value (the pipeline imputes it)."""
     if v is None:
-        return None if kind == "categorical" else math.nan  # the pipeline imputes it
+        return
     if kind == "numeric":
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise BadRequest(422, f"expected a number or null, got {type(v).__name__}", field)
         if not -FLOAT32_MAX <= v <= FLOAT32_MAX:  # beyond float32, where the graph computes
             raise BadRequest(422, "number out of range", field)
-        return v
-    if not isinstance(v, str):
+    elif not isinstance(v, str):
         raise BadRequest(422, f"expected a string or null, got {type(v).__name__}", field)
-    return v
 
 
 def openapi(card: Mapping[str, Any], max_rows: int) -> dict[str, Any]:
