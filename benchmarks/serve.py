@@ -46,21 +46,24 @@ Measured, on that model and this machine:
    project's.  If it cannot be installed the run prints ``mlflow: unavailable
    (reason)`` and goes on.  ``--skip-mlflow`` leaves it out.
 4. **(c) The HTTP floor**: GET /ping on the same shelf server (the same
-   asyncio/uvloop + httptools server, modelshelf.serve.httpd; constant answer): p50/p99 from one client, its runs
+   server, modelshelf.serve.httpd; constant answer): p50/p99 from one client, its runs
    interleaved with the /predict runs (the order rotates every round) so both
    see the same background load.  For context, POST /ping with the /predict
    body (answered 405, the body unread) is measured the same way: the floor
-   plus sending and parsing a request body.
+   plus sending and parsing a request body; and a second server started with
+   ``--busy-poll 0`` (sleep as soon as idle) gets one round of /predict and
+   /ping, to show what the default 200 µs of busy polling does.
 5. **Cold start**: from spawning ``shelf serve`` to the first answered /predict,
    against the floor of starting Python, importing onnxruntime and building an
    InferenceSession from the model file (a subprocess, timed until it prints that
    the session exists; neither its exit nor the server's is timed);
-   ``--cold-runs`` (3) of each, interleaved, medians.  modelshelf's bytecode is
-   compiled first, as a wheel install has it.  Then, to show where the
-   difference goes, a child process does ``shelf serve``'s work up to
-   listening and times each part (start-up; imports of onnxruntime, asyncio,
-   uvloop+httptools, modelshelf; loading); the rest of the median cold start is
-   the CLI, binding the socket and the first request.
+   ``--cold-runs`` (5) of each, interleaved, medians; the client tries to
+   connect every millisecond.  modelshelf's bytecode is compiled first, as a
+   wheel install has it.  Then, to show where the difference goes, a child
+   process does ``shelf serve``'s work up to listening and times each part
+   (start-up; imports of onnxruntime, the CLI, the server and modelshelf's
+   serving modules; the argument parser; loading); the rest of the median cold
+   start is binding the socket and the first request.
 6. **Hot swap**: two verified versions, v1 (the 100-tree model, copied from
    models/) and v2 (``n_estimators: 60``, ``gate.tolerance: 0.05``, ``dvc
    repro``, copied), and a symlink ``current`` pointing at one of them, swapped
@@ -387,8 +390,9 @@ def server(cmd: Sequence[str], cwd: Path, env: Mapping[str, str], log: Path, por
             stop_group(proc)
 
 
-def wait_until(srv: Server, probe: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``probe`` until it is true; seconds since the spawn. Raises if the server dies or stalls."""
+def wait_until(srv: Server, probe: Callable[[], bool], timeout: float, what: str, interval: float = 0.005) -> float:
+    """Poll ``probe`` every ``interval`` s until it is true; seconds since the spawn. Raises if the
+    server dies or stalls."""
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
         try:
@@ -398,7 +402,7 @@ def wait_until(srv: Server, probe: Callable[[], bool], timeout: float, what: str
             pass
         if srv.proc.poll() is not None:
             raise BenchError(f"{what} exited {srv.proc.returncode} before answering:\n{srv.tail()}")
-        time.sleep(0.005)
+        time.sleep(interval)
     raise BenchError(f"{what} did not answer within {timeout:g} s:\n{srv.tail()}")
 
 
@@ -407,8 +411,8 @@ def answers(port: int, method: str, path: str, body: bytes | None = None, timeou
     return lambda: request(port, method, path, body, timeout=timeout)[0] == 200
 
 
-def shelf_serve_cmd(model: Path, port: int) -> list[str]:
-    return ["shelf", "serve", "--model", str(model), "--port", str(port), "--poll", "0"]
+def shelf_serve_cmd(model: Path, port: int, *extra: str) -> list[str]:
+    return ["shelf", "serve", "--model", str(model), "--port", str(port), "--poll", "0", *extra]
 
 
 # -- load ----------------------------------------------------------------------------------------
@@ -557,6 +561,8 @@ class ShelfHttp:
     predict_conc: Load
     ping_conc: Load
     answer: dict[str, Any]
+    predict_nospin: Load  # --busy-poll 0
+    ping_nospin: Load
 
 
 def measure_shelf(root: Path, work: Path, env: Mapping[str, str], row: Row, a: argparse.Namespace) -> ShelfHttp:
@@ -587,7 +593,15 @@ def measure_shelf(root: Path, work: Path, env: Mapping[str, str], row: Row, a: a
         many = dict(clients=a.clients, count=CLIENT_CAP, warmup=a.warmup, max_seconds=a.duration)
         pn = load(pred, work, env, f"shelf /predict, {a.clients} clients", **many)
         gn = load(ping, work, env, f"shelf /ping, {a.clients} clients", **many)
-    return ShelfHttp(p1, g1, b1, pn, gn, answer)
+    # For context: the same server sleeping as soon as it is idle (one round of each).
+    port = free_port()
+    with server(shelf_serve_cmd(root / "models", port, "--busy-poll", "0"), root, env,
+                work / "shelf-serve-nospin.log", port) as srv:
+        wait_until(srv, answers(port, "GET", "/ping"), READY_TIMEOUT, "shelf serve --busy-poll 0")
+        one = dict(clients=1, count=per, warmup=a.warmup, max_seconds=a.max_seconds / a.rounds)
+        p0 = load(LoadSpec(port, "POST", "/predict", body), work, env, "shelf /predict, --busy-poll 0", **one)
+        g0 = load(LoadSpec(port, "GET", "/ping"), work, env, "shelf /ping, --busy-poll 0", **one)
+    return ShelfHttp(p1, g1, b1, pn, gn, answer, p0, g0)
 
 
 # -- MLflow --------------------------------------------------------------------------------------
@@ -763,12 +777,14 @@ def mark(k):
     t0 = t
 import onnxruntime
 mark("import onnxruntime (+numpy)")
-import asyncio, concurrent.futures, logging
-mark("import asyncio")
-import uvloop, httptools
-mark("import uvloop+httptools")
-import modelshelf.cli, modelshelf.serve.server, modelshelf.serve.runner, modelshelf.onnxcopy, modelshelf.serve.httpd
-mark("import modelshelf serve path")
+import modelshelf.cli
+mark("import the CLI (argparse, pathlib, json)")
+import modelshelf.serve.httpd
+mark("import the server (socket, httptools, orjson, threading)")
+import modelshelf.commands.serving, modelshelf.serve.server, modelshelf.model, modelshelf.onnxcopy
+mark("import the rest of the serving modules")
+modelshelf.cli.build_parser("serve").parse_args(["serve", "--model", sys.argv[1], "--poll", "0"])
+mark("build the CLI parser, parse")
 from modelshelf.serve.server import build
 build(sys.argv[1], poll=0)
 mark("build(): card, sha256, session, warm-up")
@@ -805,7 +821,7 @@ def measure_cold(root: Path, work: Path, env: Mapping[str, str], row: Row, runs:
         port = free_port()
         with server(shelf_serve_cmd(root / "models", port), root, env, work / "cold.log", port) as srv:
             return wait_until(srv, answers(port, "POST", "/predict", body, timeout=5.0), READY_TIMEOUT,
-                              "shelf serve (cold start)")
+                              "shelf serve (cold start)", interval=0.001)
 
     def ready_line(args: list[str]) -> tuple[float, str]:
         """Seconds from spawning ``python args`` to its first line on stdout, and that line."""
@@ -839,7 +855,7 @@ def measure_cold(root: Path, work: Path, env: Mapping[str, str], row: Row, runs:
             (shelf_t if f is shelf_once else floor_t).append(f())
     samples = [parts_once() for _ in range(runs)]
     parts = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
-    parts["the rest: CLI, listening, first request"] = statistics.median(shelf_t) - sum(parts.values())
+    parts["the rest: listening, first request"] = statistics.median(shelf_t) - sum(parts.values())
     return Cold(shelf_t, floor_t, parts)
 
 
@@ -982,7 +998,7 @@ def report(info: dict[str, str], inproc: Latency, breakdown: dict[str, tuple[flo
 
     lines = [
         row("machine", f"nproc {info['nproc']}, python {info['python']}, scikit-learn {info['scikit-learn']}, "
-                       f"onnxruntime {info['onnxruntime']}, uvloop {info['uvloop']}, httptools {info['httptools']}"
+                       f"onnxruntime {info['onnxruntime']}, httptools {info['httptools']}"
                        + (f", mlflow {info['mlflow']}" if "mlflow" in info else "")),
         row("", f"{info['platform']}; load average {info['load avg at start']} at start, "
                 f"{info.get('load avg at end', '-')} at end"),
@@ -997,6 +1013,9 @@ def report(info: dict[str, str], inproc: Latency, breakdown: dict[str, tuple[flo
                                f"[{len(g1.times)} req, interleaved with /predict]"),
         row("", f"POST /ping with the /predict body (405, body not read): p50 {ms(sh.ping_body.latency().p50)}  "
                 f"p99 {ms(sh.ping_body.latency().p99)}  [{len(sh.ping_body.latency().times)} req]"),
+        row("", f"with --busy-poll 0 (one run each): /predict p50 {ms(sh.predict_nospin.latency().p50)}  "
+                f"/ping p50 {ms(sh.ping_nospin.latency().p50)}  "
+                f"ratio {sh.predict_nospin.latency().p50 / sh.ping_nospin.latency().p50:.2f}"),
         row("(a) in-process", f"sklearn predict, 1-row DataFrame: p50 {ms(inproc.p50)}  p99 {ms(inproc.p99)}  "
                               f"[{len(inproc.times)} calls]"),
     ]
@@ -1064,6 +1083,7 @@ def report(info: dict[str, str], inproc: Latency, breakdown: dict[str, tuple[flo
     result: dict[str, Any] = {
         "machine": info,
         "shelf": {"predict": sh.predict.to_json(), "ping": sh.ping.to_json(), "ping_post_body": sh.ping_body.to_json(),
+                  "predict_busy_poll_0": sh.predict_nospin.to_json(), "ping_busy_poll_0": sh.ping_nospin.to_json(),
                   "predict_concurrent": sh.predict_conc.to_json(), "ping_concurrent": sh.ping_conc.to_json()},
         "in_process": inproc.to_json(),
         "breakdown_us": {k: {"back_to_back": round(hot, 2), "after_idle": round(idle, 2)}
@@ -1118,7 +1138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seconds of each concurrent throughput run (default 5)")
     parser.add_argument("--max-seconds", type=seconds, default=60.0,
                         help="time bound of each one-client run (default 60)")
-    parser.add_argument("--cold-runs", type=positive, default=3, help="cold starts of each kind (default 3)")
+    parser.add_argument("--cold-runs", type=positive, default=5, help="cold starts of each kind (default 5)")
     parser.add_argument("--swaps", type=positive, default=20, help="hot swaps under load (default 20)")
     parser.add_argument("--swap-interval", type=seconds, default=0.25, help="seconds between swaps (default 0.25)")
     parser.add_argument("--skip-mlflow", action="store_true", help="leave MLflow out")
@@ -1132,8 +1152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sklearn_version = version_of("scikit-learn")
     info = {"nproc": str(nproc()), "python": platform.python_version(), "scikit-learn": sklearn_version,
-            "onnxruntime": version_of("onnxruntime"), "uvloop": version_of("uvloop"),
-            "httptools": version_of("httptools"),
+            "onnxruntime": version_of("onnxruntime"), "httptools": version_of("httptools"),
             "load avg at start": loadavg(), "platform": platform.platform()}
     with tempfile.TemporaryDirectory(prefix="modelshelf-bench-serve-") as tmp:
         env = hermetic_env(Path(tmp) / "home")

@@ -1,16 +1,15 @@
 """The HTTP app over a :class:`Holder`: routing, validation and answers, independent of the transport.
 
-:meth:`App.handle` answers a whole request; small requests are answered synchronously (no
-task, no coroutine), large batches and reloads by a coroutine.  :mod:`modelshelf.serve.httpd`
-serves it; ``App`` is also a plain ASGI callable, to mount in any ASGI server.
+:meth:`App.handle` answers a whole request: small requests at once, large batches and reloads
+with a function for a worker thread to call.  :mod:`modelshelf.serve.httpd` serves it; ``App``
+is also a plain ASGI callable, to mount in any ASGI server.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -23,6 +22,7 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Reply = tuple[int, bytes, bytes]  # status, content type, body
+Later = Callable[[], Reply]  # makes a reply, off the server's loop
 
 JSON = b"application/json"
 TEXT = b"text/plain; version=0.0.4"
@@ -33,22 +33,23 @@ ROUTES = frozenset({"/predict", "/health", "/ready", "/model", "/metrics", "/ope
 
 
 class App:
-    """``reload_hook`` asks the server to re-resolve and maybe swap the model."""
+    """``reload_hook`` re-resolves and maybe swaps the model (called in a worker thread);
+    ``lifespan_startup``/``lifespan_shutdown`` run when the server starts and stops."""
 
     def __init__(self, holder: Holder, *, admin_token: str | None, max_rows: int = 10_000,
-                 max_body: int = 8 << 20, reload_hook: Callable[[], Awaitable[str]] | None = None) -> None:
+                 max_body: int = 8 << 20, reload_hook: Callable[[], str] | None = None) -> None:
         self.holder = holder
         self.admin_token = admin_token
         self.max_rows = max_rows
         self.max_body = max_body
         self.metrics = Metrics()
         self.reload_hook = reload_hook
-        self.lifespan_startup: list[Callable[[], Awaitable[None]]] = []
-        self.lifespan_shutdown: list[Callable[[], Awaitable[None]]] = []
+        self.lifespan_startup: list[Callable[[], None]] = []
+        self.lifespan_shutdown: list[Callable[[], None]] = []
 
-    def handle(self, method: str, path: str, body: bytes, authorization: bytes = b"") -> Reply | Coroutine[
-            Any, Any, Reply]:
-        """The answer to one request: a reply now, or a coroutine that makes it."""
+    def handle(self, method: str, path: str, body: bytes, authorization: bytes = b"") -> Reply | Later:
+        """The answer to one request: a reply (a tuple) now, or a function that makes it, to
+        call outside the server's loop."""
         start = time.perf_counter()
         try:
             if path == "/predict" and method == "POST":
@@ -57,12 +58,12 @@ class App:
                     return self._done(path, start, (503, JSON, b'{"error":"no model loaded yet"}'))
                 batch = loaded.parser.parse(body)
                 if batch.n > INLINE_ROWS:
-                    return self._later(path, start, self._predict_in_thread(loaded, batch))
+                    return self._later(path, start, lambda: self._predict(loaded, batch))
                 out = loaded.runner.predict(batch)
                 reply = 200, JSON, orjson.dumps({"model": loaded.name, "version": loaded.version, **out})
                 return self._done(path, start, reply, batch.n)
             if path == "/admin/reload" and method == "POST":
-                return self._later(path, start, self._reload(authorization))
+                return self._later(path, start, lambda: self._reload(authorization))
             return self._done(path, start, self._other(path, method), method=method)
         except BadRequest as exc:
             return self._done(path, start, (exc.status, JSON, orjson.dumps(exc.body())))
@@ -74,25 +75,29 @@ class App:
         self.metrics.observe(known, reply[0], time.perf_counter() - start, rows)
         return reply
 
-    async def _later(self, path: str, start: float, work: Coroutine[Any, Any, tuple[Reply, int]]) -> Reply:
-        try:
-            reply, rows = await work
-        except BadRequest as exc:
-            reply, rows = (exc.status, JSON, orjson.dumps(exc.body())), 0
-        except Exception as exc:  # noqa: BLE001
-            reply, rows = _internal(exc), 0
-        return self._done(path, start, reply, rows)
+    def _later(self, path: str, start: float, work: Callable[[], tuple[Reply, int]]) -> Later:
+        def later() -> Reply:
+            try:
+                reply, rows = work()
+            except BadRequest as exc:
+                reply, rows = (exc.status, JSON, orjson.dumps(exc.body())), 0
+            except Exception as exc:  # noqa: BLE001
+                reply, rows = _internal(exc), 0
+            return self._done(path, start, reply, rows)
 
-    async def _predict_in_thread(self, loaded: Any, batch: Any) -> tuple[Reply, int]:
-        out = await asyncio.to_thread(loaded.runner.predict, batch)
+        return later
+
+    @staticmethod
+    def _predict(loaded: Any, batch: Any) -> tuple[Reply, int]:
+        out = loaded.runner.predict(batch)
         return (200, JSON, orjson.dumps({"model": loaded.name, "version": loaded.version, **out})), batch.n
 
-    async def _reload(self, authorization: bytes) -> tuple[Reply, int]:
+    def _reload(self, authorization: bytes) -> tuple[Reply, int]:
         if not self.admin_token:
             return (403, JSON, b'{"error":"admin endpoint disabled: start with an admin token"}'), 0
         if not hmac.compare_digest(authorization, b"Bearer " + self.admin_token.encode()):
             return (401, JSON, b'{"error":"missing or wrong bearer token"}'), 0
-        outcome = await self.reload_hook() if self.reload_hook else "no reload hook"
+        outcome = self.reload_hook() if self.reload_hook else "no reload hook"
         h = self.holder
         return (200, JSON, orjson.dumps({"result": outcome, "version": h.current.version if h.current else None,
                                          "error": h.error or None})), 0
@@ -124,13 +129,13 @@ class App:
             return 405, JSON, b'{"error":"method not allowed"}'
         return 404, JSON, b'{"error":"not found"}'
 
-    async def startup(self) -> None:
+    def startup(self) -> None:
         for hook in self.lifespan_startup:
-            await hook()
+            hook()
 
-    async def shutdown(self) -> None:
+    def shutdown(self) -> None:
         for hook in self.lifespan_shutdown:
-            await hook()
+            hook()
 
     # -- ASGI ------------------------------------------------------------------------------------
 
@@ -148,7 +153,12 @@ class App:
         else:
             auth = dict(scope.get("headers") or []).get(b"authorization", b"")
             result = self.handle(method, path, body, auth)
-            reply = result if isinstance(result, tuple) else await result
+            if isinstance(result, tuple):
+                reply = result
+            else:
+                import asyncio
+
+                reply = await asyncio.to_thread(result)
         status, ctype, data = reply
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", ctype), (b"content-length", str(len(data)).encode())]})
@@ -170,10 +180,10 @@ class App:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                await self.startup()
+                self.startup()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.shutdown()
+                self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

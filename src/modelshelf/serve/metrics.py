@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -15,39 +16,45 @@ class Metrics:
     buckets: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
     latency_sum: float = 0.0
     latency_count: int = 0
+    # the server's loop and its worker threads both count
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def observe(self, path: str, status: int, seconds: float, rows: int = 0) -> None:
-        self.requests[(path, status)] += 1
-        if path == "/predict":
-            self.rows += rows
-            self.latency_sum += seconds
-            self.latency_count += 1
-            for i, bound in enumerate(BUCKETS):
-                if seconds <= bound:
-                    self.buckets[i] += 1
-                    break
-            else:
-                self.buckets[-1] += 1
+        with self._lock:
+            self.requests[(path, status)] += 1
+            if path == "/predict":
+                self.rows += rows
+                self.latency_sum += seconds
+                self.latency_count += 1
+                for i, bound in enumerate(BUCKETS):
+                    if seconds <= bound:
+                        self.buckets[i] += 1
+                        break
+                else:
+                    self.buckets[-1] += 1
 
     def render(self, name: str, version: str, fmt: str, swaps: int, failures: int, healthy: bool) -> str:
+        with self._lock:
+            requests, rows, buckets = dict(self.requests), self.rows, list(self.buckets)
+            latency_sum, latency_count = self.latency_sum, self.latency_count
         out = ["# HELP modelshelf_requests_total HTTP requests by path and status.",
                "# TYPE modelshelf_requests_total counter"]
-        for (path, status), n in sorted(self.requests.items()):
+        for (path, status), n in sorted(requests.items()):
             out.append(f'modelshelf_requests_total{{path="{path}",status="{status}"}} {n}')
-        errors = sum(n for (_, status), n in self.requests.items() if status >= 400)
+        errors = sum(n for (_, status), n in requests.items() if status >= 400)
         out += ["# HELP modelshelf_errors_total Responses with a 4xx or 5xx status.",
                 "# TYPE modelshelf_errors_total counter", f"modelshelf_errors_total {errors}",
                 "# HELP modelshelf_prediction_rows_total Rows predicted.",
-                "# TYPE modelshelf_prediction_rows_total counter", f"modelshelf_prediction_rows_total {self.rows}",
+                "# TYPE modelshelf_prediction_rows_total counter", f"modelshelf_prediction_rows_total {rows}",
                 "# HELP modelshelf_predict_seconds Latency of /predict, in seconds.",
                 "# TYPE modelshelf_predict_seconds histogram"]
         cumulative = 0
-        for bound, n in zip((*BUCKETS, float("inf")), self.buckets, strict=True):
+        for bound, n in zip((*BUCKETS, float("inf")), buckets, strict=True):
             cumulative += n
             le = "+Inf" if bound == float("inf") else repr(bound)
             out.append(f'modelshelf_predict_seconds_bucket{{le="{le}"}} {cumulative}')
-        out += [f"modelshelf_predict_seconds_sum {self.latency_sum}",
-                f"modelshelf_predict_seconds_count {self.latency_count}",
+        out += [f"modelshelf_predict_seconds_sum {latency_sum}",
+                f"modelshelf_predict_seconds_count {latency_count}",
                 "# HELP modelshelf_model_info The model version being served.",
                 "# TYPE modelshelf_model_info gauge",
                 f'modelshelf_model_info{{name="{name}",version="{version}",format="{fmt}"}} 1',

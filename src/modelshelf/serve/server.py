@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
+import threading
 from pathlib import Path
 
 from modelshelf.serve.app import App
@@ -12,47 +12,39 @@ from modelshelf.serve.holder import Holder
 
 def build(spec: str, *, repo: Path = Path("."), admin_token: str | None = None, poll: float = 10.0,
           max_rows: int = 10_000, max_body: int = 8 << 20, allow_version_mismatch: bool = False) -> App:
-    """An app serving ``spec`` (a path, ``vX.Y.Z``, ``latest`` or a stage), loaded and verified now."""
+    """An app serving ``spec`` (a path, ``vX.Y.Z``, ``latest`` or a stage), loaded and verified now.
+
+    Once started it re-resolves ``spec`` every ``poll`` seconds (0: never) and on SIGHUP, each
+    time in a thread of its own; :meth:`Holder.reload` lets one reload run at a time."""
     holder = Holder(spec, repo, allow_version_mismatch=allow_version_mismatch, max_rows=max_rows)
     holder.reload()  # raises when the first version cannot be served: nothing to fall back to
-    busy = asyncio.Lock()
+    app = App(holder, admin_token=admin_token, max_rows=max_rows, max_body=max_body, reload_hook=holder.reload)
+    stop = threading.Event()
 
-    async def reload() -> str:
-        async with busy:
-            return await asyncio.to_thread(holder.reload)
+    def follow() -> None:
+        while not stop.wait(poll):
+            holder.reload()  # never raises once a version is served: a refusal is kept in holder.error
 
-    app = App(holder, admin_token=admin_token, max_rows=max_rows, max_body=max_body, reload_hook=reload)
-    tasks: list[asyncio.Task[None]] = []
+    def on_hangup(_signum: int, _frame: object) -> None:
+        threading.Thread(target=holder.reload, name="shelf-reload", daemon=True).start()
 
-    async def follow() -> None:
-        while True:
-            await asyncio.sleep(poll)
-            await reload()
-
-    async def startup() -> None:
-        loop = asyncio.get_running_loop()
+    def startup() -> None:
         try:
-            loop.add_signal_handler(signal.SIGHUP, lambda: tasks.append(loop.create_task(_quiet(reload()))))
-        except (NotImplementedError, RuntimeError):  # not on the main thread / no signals here
+            signal.signal(signal.SIGHUP, on_hangup)
+        except (ValueError, AttributeError):  # not the main thread, or no SIGHUP here
             pass
         if poll > 0:
-            tasks.append(loop.create_task(follow()))
-
-    async def shutdown() -> None:
-        for task in tasks:
-            task.cancel()
+            threading.Thread(target=follow, name="shelf-follow", daemon=True).start()
 
     app.lifespan_startup.append(startup)
-    app.lifespan_shutdown.append(shutdown)
+    app.lifespan_shutdown.append(stop.set)
     return app
 
 
-async def _quiet(coro: object) -> None:
-    await coro  # type: ignore[misc]
-
-
-def run(app: App, host: str = "127.0.0.1", port: int = 8080, *, keep_alive: float = 5.0) -> None:
-    """Serve ``app`` until SIGTERM or SIGINT; idle keep-alive connections close after ``keep_alive`` s."""
+def run(app: App, host: str = "127.0.0.1", port: int = 8080, *, keep_alive: float = 5.0,
+        busy_poll: float = 0.0002) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT; idle keep-alive connections close after ``keep_alive`` s;
+    after an answer the loop polls without sleeping for ``busy_poll`` s."""
     from modelshelf.serve import httpd
 
-    httpd.run(app, host, port, keep_alive=keep_alive)
+    httpd.run(app, host, port, keep_alive=keep_alive, busy_poll=busy_poll)
