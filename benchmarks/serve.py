@@ -50,9 +50,7 @@ Measured, on that model and this machine:
    interleaved with the /predict runs (the order rotates every round) so both
    see the same background load.  For context, POST /ping with the /predict
    body (answered 405, the body unread) is measured the same way: the floor
-   plus sending and parsing a request body; and a second server started with
-   ``--busy-poll 0`` (sleep as soon as idle) gets one round of /predict and
-   /ping, to show what the default 200 µs of busy polling does.
+   plus sending and parsing a request body.
 5. **Cold start**: from spawning ``shelf serve`` to the first answered /predict,
    against the floor of starting Python, importing onnxruntime and building an
    InferenceSession from the model file (a subprocess, timed until it prints that
@@ -61,8 +59,8 @@ Measured, on that model and this machine:
    connect every millisecond.  modelshelf's bytecode is compiled first, as a
    wheel install has it.  Then, to show where the difference goes, a child
    process does ``shelf serve``'s work up to listening and times each part
-   (start-up; imports of onnxruntime, the CLI, the server and modelshelf's
-   serving modules; the argument parser; loading); the rest of the median cold
+   (start-up; imports of onnxruntime, the CLI, modelshelf's serving modules,
+   the HTTP server; the argument parser; loading); the rest of the median cold
    start is binding the socket and the first request.
 6. **Hot swap**: two verified versions, v1 (the 100-tree model, copied from
    models/) and v2 (``n_estimators: 60``, ``gate.tolerance: 0.05``, ``dvc
@@ -411,8 +409,8 @@ def answers(port: int, method: str, path: str, body: bytes | None = None, timeou
     return lambda: request(port, method, path, body, timeout=timeout)[0] == 200
 
 
-def shelf_serve_cmd(model: Path, port: int, *extra: str) -> list[str]:
-    return ["shelf", "serve", "--model", str(model), "--port", str(port), "--poll", "0", *extra]
+def shelf_serve_cmd(model: Path, port: int) -> list[str]:
+    return ["shelf", "serve", "--model", str(model), "--port", str(port), "--poll", "0"]
 
 
 # -- load ----------------------------------------------------------------------------------------
@@ -561,8 +559,6 @@ class ShelfHttp:
     predict_conc: Load
     ping_conc: Load
     answer: dict[str, Any]
-    predict_nospin: Load  # --busy-poll 0
-    ping_nospin: Load
 
 
 def measure_shelf(root: Path, work: Path, env: Mapping[str, str], row: Row, a: argparse.Namespace) -> ShelfHttp:
@@ -593,15 +589,7 @@ def measure_shelf(root: Path, work: Path, env: Mapping[str, str], row: Row, a: a
         many = dict(clients=a.clients, count=CLIENT_CAP, warmup=a.warmup, max_seconds=a.duration)
         pn = load(pred, work, env, f"shelf /predict, {a.clients} clients", **many)
         gn = load(ping, work, env, f"shelf /ping, {a.clients} clients", **many)
-    # For context: the same server sleeping as soon as it is idle (one round of each).
-    port = free_port()
-    with server(shelf_serve_cmd(root / "models", port, "--busy-poll", "0"), root, env,
-                work / "shelf-serve-nospin.log", port) as srv:
-        wait_until(srv, answers(port, "GET", "/ping"), READY_TIMEOUT, "shelf serve --busy-poll 0")
-        one = dict(clients=1, count=per, warmup=a.warmup, max_seconds=a.max_seconds / a.rounds)
-        p0 = load(LoadSpec(port, "POST", "/predict", body), work, env, "shelf /predict, --busy-poll 0", **one)
-        g0 = load(LoadSpec(port, "GET", "/ping"), work, env, "shelf /ping, --busy-poll 0", **one)
-    return ShelfHttp(p1, g1, b1, pn, gn, answer, p0, g0)
+    return ShelfHttp(p1, g1, b1, pn, gn, answer)
 
 
 # -- MLflow --------------------------------------------------------------------------------------
@@ -779,10 +767,10 @@ import onnxruntime
 mark("import onnxruntime (+numpy)")
 import modelshelf.cli
 mark("import the CLI (argparse, pathlib, json)")
-import modelshelf.serve.httpd
-mark("import the server (socket, httptools, orjson, threading)")
 import modelshelf.commands.serving, modelshelf.serve.server, modelshelf.model, modelshelf.onnxcopy
-mark("import the rest of the serving modules")
+mark("import serving modules (hashlib, orjson, threading)")
+import modelshelf.serve.httpd
+mark("import the HTTP server (socket, httptools)")
 modelshelf.cli.build_parser("serve").parse_args(["serve", "--model", sys.argv[1], "--poll", "0"])
 mark("build the CLI parser, parse")
 from modelshelf.serve.server import build
@@ -1013,9 +1001,6 @@ def report(info: dict[str, str], inproc: Latency, breakdown: dict[str, tuple[flo
                                f"[{len(g1.times)} req, interleaved with /predict]"),
         row("", f"POST /ping with the /predict body (405, body not read): p50 {ms(sh.ping_body.latency().p50)}  "
                 f"p99 {ms(sh.ping_body.latency().p99)}  [{len(sh.ping_body.latency().times)} req]"),
-        row("", f"with --busy-poll 0 (one run each): /predict p50 {ms(sh.predict_nospin.latency().p50)}  "
-                f"/ping p50 {ms(sh.ping_nospin.latency().p50)}  "
-                f"ratio {sh.predict_nospin.latency().p50 / sh.ping_nospin.latency().p50:.2f}"),
         row("(a) in-process", f"sklearn predict, 1-row DataFrame: p50 {ms(inproc.p50)}  p99 {ms(inproc.p99)}  "
                               f"[{len(inproc.times)} calls]"),
     ]
@@ -1083,7 +1068,6 @@ def report(info: dict[str, str], inproc: Latency, breakdown: dict[str, tuple[flo
     result: dict[str, Any] = {
         "machine": info,
         "shelf": {"predict": sh.predict.to_json(), "ping": sh.ping.to_json(), "ping_post_body": sh.ping_body.to_json(),
-                  "predict_busy_poll_0": sh.predict_nospin.to_json(), "ping_busy_poll_0": sh.ping_nospin.to_json(),
                   "predict_concurrent": sh.predict_conc.to_json(), "ping_concurrent": sh.ping_conc.to_json()},
         "in_process": inproc.to_json(),
         "breakdown_us": {k: {"back_to_back": round(hot, 2), "after_idle": round(idle, 2)}

@@ -10,7 +10,7 @@ import pytest
 from modelshelf.cli import _columns, build_parser, main
 
 SAMPLES = [
-    ["serve", "--model", "prod", "--port", "9000", "--poll", "0", "--busy-poll", "0", "--keep-alive", "2"],
+    ["serve", "--model", "prod", "--port", "9000", "--poll", "0", "--keep-alive", "2"],
     ["serve"],
     ["--traceback", "serve", "--host", "0.0.0.0"],
     ["predict", "in.csv", "-o", "out.csv", "--model", "v1.2.0"],
@@ -48,20 +48,6 @@ def test_a_mistyped_command_gets_the_whole_list(capsys: pytest.CaptureFixture[st
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'serv'" in err and "'serve'" in err and "'rollback'" in err
-
-
-@pytest.mark.parametrize(("value", "ok"), [("0", 0.0), ("200", 0.0002), ("1000000", 1.0), ("-1", None),
-                                           ("1.5", None), ("1000001", None), ("x", None)])
-def test_busy_poll_takes_whole_microseconds(value: str, ok: float | None,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
-    parser = build_parser("serve")
-    if ok is None:
-        with pytest.raises(SystemExit):
-            parser.parse_args(["serve", "--busy-poll", value])
-        assert "--busy-poll: must be a whole number of microseconds" in capsys.readouterr().err
-    else:
-        assert parser.parse_args(["serve", "--busy-poll", value]).busy_poll == ok
-    assert parser.parse_args(["serve"]).busy_poll == 0.0002
 
 
 def test_help_is_as_wide_as_columns_says(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,8 @@ import socket
 
 from modelshelf.serve.app import App
 from modelshelf.serve.holder import Holder
-from modelshelf.serve.httpd import HIGH_WATER, RECV_SIZE, Server
+from modelshelf.serve.connection import HIGH_WATER, RECV_SIZE
+from modelshelf.serve.httpd import Server
 
 PING = b"GET /ping HTTP/1.1\r\nHost: t\r\n\r\n"
 ANSWER_END = b'{"ok":true}'
@@ -18,7 +19,7 @@ def test_a_client_that_never_reads_stops_being_read_until_it_drains() -> None:
     server_end, client_end = socket.socketpair()
     client_end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     server_end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    server = Server(App(Holder("unused"), admin_token=None), busy_poll=0)
+    server = Server(App(Holder("unused"), admin_token=None))
     try:
         conn = server.adopt(server_end)
         burst = PING * 100

@@ -22,13 +22,6 @@ def positive_seconds(value: str) -> float:
     return number
 
 
-def microseconds(value: str) -> float:
-    """An argparse type: a whole number of microseconds from 0 to 1,000,000, returned in seconds."""
-    if not value.isdigit() or int(value) > 1_000_000:
-        raise argparse.ArgumentTypeError(f"must be a whole number of microseconds from 0 to 1000000, got {value}")
-    return int(value) / 1e6
-
-
 def pushable(p: argparse.ArgumentParser) -> None:
     """``--push`` and ``--git-remote`` for commands that write tags."""
     p.add_argument("--push", action="store_true", help="push the tag to the git remote (atomically)")

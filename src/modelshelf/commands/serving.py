@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from modelshelf.commands import Add, microseconds, positive_seconds
+from modelshelf.commands import Add, positive_seconds
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -23,7 +23,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     print(f"serving {cur.name} v{cur.version} ({cur.format}) on http://{a.host}:{a.port}"
           f" following '{a.model}'" + (f", polling every {a.poll:g}s" if a.poll > 0 else "")
           + ("" if token else f"; admin reload disabled (set {a.admin_token_env})"), flush=True)
-    run(app, a.host, a.port, keep_alive=a.keep_alive, busy_poll=a.busy_poll)
+    run(app, a.host, a.port, keep_alive=a.keep_alive)
     return 0
 
 
@@ -84,9 +84,6 @@ def register(add: Add) -> None:
     p.add_argument("--max-body", type=int, default=8 << 20, help="bytes")
     p.add_argument("--keep-alive", type=positive_seconds, default=5.0,
                    help="seconds an idle keep-alive connection stays open (default 5)")
-    p.add_argument("--busy-poll", type=microseconds, default="200", metavar="MICROSECONDS",
-                   help="after answering, poll this long without sleeping: lower latency for a CPU "
-                        "kept busy (default 200; 0: sleep at once)")
     p.add_argument("--allow-version-mismatch", action="store_true")
 
     p = add("predict", cmd_predict, "score a CSV with a verified model (the same rules as serve)")

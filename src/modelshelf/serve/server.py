@@ -41,10 +41,8 @@ def build(spec: str, *, repo: Path = Path("."), admin_token: str | None = None, 
     return app
 
 
-def run(app: App, host: str = "127.0.0.1", port: int = 8080, *, keep_alive: float = 5.0,
-        busy_poll: float = 0.0002) -> None:
-    """Serve ``app`` until SIGTERM or SIGINT; idle keep-alive connections close after ``keep_alive`` s;
-    after an answer the loop polls without sleeping for ``busy_poll`` s."""
+def run(app: App, host: str = "127.0.0.1", port: int = 8080, *, keep_alive: float = 5.0) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT; idle keep-alive connections close after ``keep_alive`` s."""
     from modelshelf.serve import httpd
 
-    httpd.run(app, host, port, keep_alive=keep_alive, busy_poll=busy_poll)
+    httpd.run(app, host, port, keep_alive=keep_alive)
