@@ -68,7 +68,8 @@ def rescore(root: Path, commit: str, rev: str, prepared: Path,
     """
     from modelshelf import data
     from modelshelf.evaluate import evaluate
-    from modelshelf.registry import Workspace, restore_artefact
+    from modelshelf.registry import Workspace
+    from modelshelf.restore import restore_artefact
 
     ws = Workspace.open(root)
     raw = ws.repo.show(commit, ws.card)

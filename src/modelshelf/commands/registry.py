@@ -12,7 +12,7 @@ from modelshelf.commands import Add, number, pushable
 
 
 def cmd_release(a: argparse.Namespace) -> int:
-    from modelshelf.registry import release
+    from modelshelf.release import release
 
     done = release(push=a.push, git_remote=a.git_remote, dvc_remote=a.remote, renumber=a.renumber,
                    skip_released=a.skip_released)
@@ -74,7 +74,7 @@ def cmd_diff(a: argparse.Namespace) -> int:
 
 
 def cmd_promote(a: argparse.Namespace) -> int:
-    from modelshelf.registry import promote
+    from modelshelf.promotion import promote
 
     done = promote(".", a.version, a.to, push=a.push, git_remote=a.git_remote)
     print(f"assigned {a.to} to v{done.version} ({done.tag})")
@@ -82,14 +82,15 @@ def cmd_promote(a: argparse.Namespace) -> int:
 
 
 def cmd_deprecate(a: argparse.Namespace) -> int:
-    from modelshelf.registry import deprecate
+    from modelshelf.promotion import deprecate
 
     print(f"deprecated: {deprecate('.', a.version, push=a.push, git_remote=a.git_remote)}")
     return 0
 
 
 def cmd_rollback(a: argparse.Namespace) -> int:
-    from modelshelf.registry import rollback, rollback_stage
+    from modelshelf.promotion import rollback_stage
+    from modelshelf.restore import rollback
 
     if a.stage:
         if a.version:
@@ -111,7 +112,7 @@ def cmd_rollback(a: argparse.Namespace) -> int:
 
 
 def cmd_get(a: argparse.Namespace) -> int:
-    from modelshelf.registry import get
+    from modelshelf.restore import get
 
     r = get(".", a.version, a.out)
     print(f"fetched v{r.version} into {r.directory} from the {r.source}; sha256 verified against its card")
