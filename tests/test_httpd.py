@@ -241,6 +241,28 @@ def test_a_port_in_use_is_one_line_and_exit_2(server: Server, module_project: tu
     assert "Traceback" not in proc.stderr
 
 
+def test_port_0_serves_on_a_free_port_and_says_which(module_project: tuple[Project, dict[str, str]]) -> None:
+    import subprocess
+
+    from conftest import BIN
+
+    p, env = module_project
+    proc = subprocess.Popen([str(BIN / "shelf"), "serve", "--model", "models", "--poll", "0", "--port", "0"],
+                            cwd=p.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # printed once the model is loaded and the socket bound
+        m = re.search(r" on http://127\.0\.0\.1:(\d+) ", line)
+        assert m and int(m.group(1)) > 0, line
+        with connect(int(m.group(1))) as s:
+            s.sendall(request("GET", "/ready"))
+            status, _, body = Stream(s).response()
+        assert status == 200 and json.loads(body)["ready"] is True
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=DEADLINE) == 0
+
+
 def test_the_app_is_also_an_asgi_app(server: Server, module_project: tuple[Project, dict[str, str]],
                                      bodies: dict[str, bytes]) -> None:
     """Mounted in another ASGI server, the app answers as ``shelf serve`` does."""

@@ -13,17 +13,19 @@ from modelshelf.commands import Add, positive_seconds
 def cmd_serve(a: argparse.Namespace) -> int:
     import os
 
-    from modelshelf.serve.server import build, run
+    from modelshelf.serve.server import build, listen, run
 
     token = os.environ.get(a.admin_token_env) or None
+    listeners = listen(a.host, a.port)  # a port in use is an error before the model loads
     app = build(a.model, admin_token=token, poll=a.poll, max_rows=a.max_rows, max_body=a.max_body,
                 allow_version_mismatch=a.allow_version_mismatch)
     cur = app.holder.current
     assert cur is not None
-    print(f"serving {cur.name} v{cur.version} ({cur.format}) on http://{a.host}:{a.port}"
+    host = f"[{a.host}]" if ":" in a.host else a.host
+    print(f"serving {cur.name} v{cur.version} ({cur.format}) on http://{host}:{listeners[0].getsockname()[1]}"
           f" following '{a.model}'" + (f", polling every {a.poll:g}s" if a.poll > 0 else "")
           + ("" if token else f"; admin reload disabled (set {a.admin_token_env})"), flush=True)
-    run(app, a.host, a.port, keep_alive=a.keep_alive)
+    run(app, listeners, keep_alive=a.keep_alive)
     return 0
 
 

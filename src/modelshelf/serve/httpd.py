@@ -250,9 +250,9 @@ def listen(host: str, port: int, backlog: int = 1024) -> list[socket.socket]:
     return out
 
 
-def run(app: App, host: str, port: int, *, keep_alive: float = IDLE_TIMEOUT) -> None:
-    """Serve ``app`` on ``host:port`` until SIGTERM or SIGINT."""
-    server = Server(app, listen(host, port), keep_alive=keep_alive)
+def run(app: App, listeners: list[socket.socket], *, keep_alive: float = IDLE_TIMEOUT) -> None:
+    """Serve ``app`` on ``listeners`` (from :func:`listen`) until SIGTERM or SIGINT."""
+    server = Server(app, listeners, keep_alive=keep_alive)
     sys.setswitchinterval(SWITCH_INTERVAL)
     # A signal may land on any thread: its byte on the wake-up socket gets the loop out of poll,
     # and the handler then runs on this (the main) thread.

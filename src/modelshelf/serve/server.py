@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 from pathlib import Path
 
@@ -41,8 +42,16 @@ def build(spec: str, *, repo: Path = Path("."), admin_token: str | None = None, 
     return app
 
 
-def run(app: App, host: str = "127.0.0.1", port: int = 8080, *, keep_alive: float = 5.0) -> None:
-    """Serve ``app`` until SIGTERM or SIGINT; idle keep-alive connections close after ``keep_alive`` s."""
+def listen(host: str = "127.0.0.1", port: int = 8080) -> list[socket.socket]:
+    """Listening sockets for ``host:port``, one per address it resolves to (port 0: any free port)."""
     from modelshelf.serve import httpd
 
-    httpd.run(app, host, port, keep_alive=keep_alive)
+    return httpd.listen(host, port)
+
+
+def run(app: App, listeners: list[socket.socket], *, keep_alive: float = 5.0) -> None:
+    """Serve ``app`` on ``listeners`` until SIGTERM or SIGINT; idle keep-alive connections close
+    after ``keep_alive`` s."""
+    from modelshelf.serve import httpd
+
+    httpd.run(app, listeners, keep_alive=keep_alive)
