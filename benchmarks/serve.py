@@ -55,7 +55,7 @@ Measured, on that model and this machine:
    against the floor of starting Python, importing onnxruntime and building an
    InferenceSession from the model file (a subprocess, timed until it prints that
    the session exists; neither its exit nor the server's is timed);
-   ``--cold-runs`` (5) of each, interleaved, medians; the client tries to
+   ``--cold-runs`` (9) of each, interleaved, medians; the client tries to
    connect every millisecond.  modelshelf's bytecode is compiled first, as a
    wheel install has it.  Then, to show where the difference goes, a child
    process does ``shelf serve``'s work up to listening and times each part
@@ -768,7 +768,7 @@ mark("import onnxruntime (+numpy)")
 import modelshelf.cli
 mark("import the CLI (argparse, pathlib, json)")
 import modelshelf.commands.serving, modelshelf.serve.server, modelshelf.model, modelshelf.onnxcopy
-mark("import serving modules (hashlib, orjson, threading)")
+mark("import serving modules (orjson, threading, sha256)")
 import modelshelf.serve.httpd
 mark("import the HTTP server (socket, httptools)")
 modelshelf.cli.build_parser("serve").parse_args(["serve", "--model", sys.argv[1], "--poll", "0"])
@@ -1122,7 +1122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="seconds of each concurrent throughput run (default 5)")
     parser.add_argument("--max-seconds", type=seconds, default=60.0,
                         help="time bound of each one-client run (default 60)")
-    parser.add_argument("--cold-runs", type=positive, default=5, help="cold starts of each kind (default 5)")
+    parser.add_argument("--cold-runs", type=positive, default=9, help="cold starts of each kind (default 9)")
     parser.add_argument("--swaps", type=positive, default=20, help="hot swaps under load (default 20)")
     parser.add_argument("--swap-interval", type=seconds, default=0.25, help="seconds between swaps (default 0.25)")
     parser.add_argument("--skip-mlflow", action="store_true", help="leave MLflow out")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import pathlib
 import pickle
@@ -15,6 +16,7 @@ import sklearn
 
 from modelshelf.artefacts import (
     atomic_output,
+    copy_verified,
     dump_joblib,
     file_record,
     load_verified,
@@ -55,6 +57,23 @@ def test_sha256_file_spanning_several_chunks(tmp_path: Path) -> None:
     assert sha256_file(path) == hashlib.sha256(data).hexdigest()
     path.write_bytes(data[:-1] + b"\x00")
     assert sha256_file(path) != hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("size", [0, 1, 63, 64, 65, (4 << 20) - 1, 4 << 20, (4 << 20) + 1, 5 << 20])
+def test_sha256_is_the_same_either_side_of_the_builtin_hash_threshold(tmp_path: Path, size: int) -> None:
+    """Small inputs go through Python's built-in SHA-256, large ones through OpenSSL's: one digest."""
+    from modelshelf.artefacts import _sha256
+
+    data = os.urandom(size)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    expected = hashlib.sha256(data).hexdigest()
+    assert sha256_bytes(data) == sha256_file(path) == expected
+    kind = type(_sha256(size)).__module__ + "." + type(_sha256(size)).__name__
+    assert kind.startswith("_hashlib.") == (size > 4 << 20), kind  # _hashlib: OpenSSL's
+    copy = tmp_path / "copy"
+    copy_verified(path, copy, expected)
+    assert copy.read_bytes() == data
 
 
 def test_sha256_file_missing_raises(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ is also a plain ASGI callable, to mount in any ASGI server.
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -95,6 +94,8 @@ class App:
     def _reload(self, authorization: bytes) -> tuple[Reply, int]:
         if not self.admin_token:
             return (403, JSON, b'{"error":"admin endpoint disabled: start with an admin token"}'), 0
+        import hmac  # not at module level: it loads OpenSSL, and start-up is timed
+
         if not hmac.compare_digest(authorization, b"Bearer " + self.admin_token.encode()):
             return (401, JSON, b'{"error":"missing or wrong bearer token"}'), 0
         outcome = self.reload_hook() if self.reload_hook else "no reload hook"

@@ -61,6 +61,9 @@ class Holder:
         return self.error
 
     def _resolve(self) -> Path:
+        path = Path(self.spec)
+        if path.exists():  # a directory or card on disk: what resolve() would return, without importing it
+            return path
         from modelshelf.model import resolve
 
         return resolve(self.spec, self.repo)
