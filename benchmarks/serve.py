@@ -55,8 +55,9 @@ Measured, on that model and this machine:
    against the floor of starting Python, importing onnxruntime and building an
    InferenceSession from the model file (a subprocess, timed until it prints that
    the session exists; neither its exit nor the server's is timed);
-   ``--cold-runs`` (9) of each, interleaved, medians; the client tries to
-   connect every millisecond.  modelshelf's bytecode is compiled first, as a
+   ``--cold-runs`` (9) of each, interleaved, medians; the client retries its
+   connection every millisecond until the port accepts (``shelf serve`` binds it
+   before loading the model) and sends its request at once.  modelshelf's bytecode is compiled first, as a
    wheel install has it.  Then, to show where the difference goes, a child
    process does ``shelf serve``'s work up to listening and times each part
    (start-up; imports of onnxruntime, the CLI, modelshelf's serving modules,
