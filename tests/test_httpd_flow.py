@@ -5,6 +5,7 @@ is read again when it drains them.  No model is needed: /ping answers without on
 from __future__ import annotations
 
 import socket
+import threading
 
 from modelshelf.serve.app import App
 from modelshelf.serve.holder import Holder
@@ -49,3 +50,72 @@ def test_a_client_that_never_reads_stops_being_read_until_it_drains() -> None:
     finally:
         client_end.close()
         server.close()
+
+
+class _Blocked:
+    """A reload hook that waits until the test lets it finish."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started = threading.Event()
+
+    def __call__(self) -> str:
+        self.started.set()
+        assert self.release.wait(60), "the test never released the reload"
+        return "released"
+
+
+def _response(sock: socket.socket, buf: bytearray) -> bytes:
+    """One whole response off ``sock`` (content-length framed); what follows stays in ``buf``."""
+    while True:
+        head_end = buf.find(b"\r\n\r\n")
+        if head_end >= 0:
+            length = int(next(line.split(b":")[1] for line in bytes(buf[:head_end]).split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            end = head_end + 4 + length
+            if len(buf) >= end:
+                out = bytes(buf[:end])
+                del buf[:end]
+                return out
+        chunk = sock.recv(65536)
+        assert chunk, f"closed mid-response: {bytes(buf)!r}"
+        buf += chunk
+
+
+def test_a_slow_answer_holds_up_only_its_own_connection() -> None:
+    """An answer made in a worker thread (here a reload that waits for the test) does not stop
+    the loop: another connection is answered meanwhile, and a request pipelined behind the slow
+    one on the same connection is answered after it, in order."""
+    hook = _Blocked()
+    app = App(Holder("unused"), admin_token="t", reload_hook=hook)
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = Server(app, [listener])
+    loop = threading.Thread(target=server.serve_forever, daemon=True)
+    loop.start()
+    port = server.port
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as slow, \
+                socket.create_connection(("127.0.0.1", port), timeout=60) as other:
+            slow.sendall(b"POST /admin/reload HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer t\r\n"
+                         b"Content-Length: 0\r\n\r\n" + PING)
+            assert hook.started.wait(60)
+            other.sendall(PING)
+            assert _response(other, bytearray()).endswith(ANSWER_END)  # while the reload still waits
+            assert not hook.release.is_set()
+            slow.setblocking(False)
+            try:
+                early = slow.recv(65536)
+            except BlockingIOError:
+                early = b""
+            assert early == b"", "the pipelined /ping was answered before the reload it follows"
+            slow.setblocking(True)
+            hook.release.set()
+            buf = bytearray()
+            first, second = _response(slow, buf), _response(slow, buf)
+            assert b'"result":"released"' in first
+            assert second.endswith(ANSWER_END)
+    finally:
+        server.request_stop()
+        loop.join(30)
+        server.close()
+    assert not loop.is_alive()
