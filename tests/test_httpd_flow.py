@@ -119,3 +119,43 @@ def test_a_slow_answer_holds_up_only_its_own_connection() -> None:
         loop.join(30)
         server.close()
     assert not loop.is_alive()
+
+
+def test_out_of_file_descriptors_the_listener_rests_then_accepts_again() -> None:
+    """With no descriptor left, accept() fails on every poll; the listener is taken out of the
+    poll for a while (no busy loop) and the waiting connection is served once it is back."""
+    import os
+    import resource
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = Server(App(Holder("unused"), admin_token=None), [listener])
+    client = socket.create_connection(("127.0.0.1", server.port), timeout=30)  # waits in the backlog
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        lowest_free = os.dup(0)
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no new descriptor now
+        server.poll_once(5.0)  # the listener is readable; accept() fails with EMFILE
+        resting = listener.fileno() in server.paused
+        spins = server.poll_once(0)  # a readable listener still polled would count here
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        assert resting and spins == 0 and not server.connections
+        deadline = server.now + 30
+        while not server.connections and server.now < deadline:
+            server.poll_once(0.05)  # the rest ends, the listener is polled again, accept() works
+        assert server.connections and not server.paused
+        client.sendall(PING)
+        client.setblocking(False)
+        received = bytearray()
+        while not received.endswith(ANSWER_END) and server.now < deadline:
+            server.poll_once(0.05)
+            try:
+                received += client.recv(65536)
+            except BlockingIOError:
+                pass
+        assert received.startswith(b"HTTP/1.1 200 OK") and received.endswith(ANSWER_END)
+    finally:
+        client.close()
+        server.close()

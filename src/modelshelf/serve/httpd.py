@@ -33,6 +33,7 @@ IDLE_TIMEOUT = 5.0  # seconds a keep-alive connection may wait for its next requ
 STOP_GRACE = 5.0  # seconds requests in progress get to finish on SIGTERM
 WORKERS = 4  # threads for slow answers
 SWEEP = 0.05  # seconds between checks of the connections' deadlines
+ACCEPT_PAUSE = 0.25  # seconds a listener rests when the process is out of file descriptors
 # A reload verifies and builds the next version in a worker thread; with Python's default
 # 5 ms switch interval the loop can wait that long for the GIL, which is what the slowest
 # requests during a hot swap would pay.
@@ -51,6 +52,7 @@ class Server:
         self._ms = not hasattr(select, "epoll")  # poll() takes milliseconds, epoll seconds
         self.connections: dict[int, Connection] = {}
         self.listeners: dict[int, socket.socket] = {}
+        self.paused: dict[int, float] = {}  # listeners not being polled, and until when
         self.stopping = False
         self.stop_requested = False
         self._wake_r, self._wake_w = socket.socketpair()
@@ -110,11 +112,24 @@ class Server:
                 sock, _addr = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
+            except ConnectionAbortedError:
+                continue  # the client gave up before we got to it
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED):
-                    return  # try again on the next event
-                raise
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                # Out of descriptors or memory: the listener stays readable, so polling it would
+                # spin.  Rest it a while; the connections wait in the backlog meanwhile.
+                fd = listener.fileno()
+                if fd not in self.paused:
+                    self.poller.unregister(fd)
+                    self.paused[fd] = self.now + ACCEPT_PAUSE
+                return
             self.adopt(sock)
+
+    def _resume_accepting(self) -> None:
+        for fd in [fd for fd, until in self.paused.items() if until <= self.now]:
+            del self.paused[fd]
+            self.poller.register(fd, READ)
 
     # -- worker threads --------------------------------------------------------------------------
 
@@ -173,6 +188,8 @@ class Server:
                 self._woken()
             elif fd in self.listeners:
                 self._accept(self.listeners[fd])
+        if self.paused:
+            self._resume_accepting()
         return len(events)
 
     def request_stop(self) -> None:
@@ -191,7 +208,8 @@ class Server:
                 stop_deadline = self.now + STOP_GRACE
             if self.stopping and (not self.connections or self.now > stop_deadline):
                 break
-            self.poll_once(max(0.0, next_sweep - self.now) if self.connections or self.stopping else -1)
+            timed = self.connections or self.stopping or self.paused
+            self.poll_once(max(0.0, next_sweep - self.now) if timed else -1)
             if self.now >= next_sweep:
                 next_sweep = self.now + SWEEP
                 for conn in [c for c in self.connections.values() if c.deadline <= self.now]:
@@ -203,9 +221,11 @@ class Server:
         self.stopping = True
         for fd, sock in self.listeners.items():
             self._accept(sock)  # connections in the backlog are closed cleanly, not reset
-            self.poller.unregister(fd)
+            if fd not in self.paused:
+                self.poller.unregister(fd)
             sock.close()
         self.listeners.clear()
+        self.paused.clear()
         for conn in list(self.connections.values()):
             conn.shutdown()
 
