@@ -839,10 +839,11 @@ def measure_cold(root: Path, work: Path, env: Mapping[str, str], row: Row, runs:
     floor_once()
     shelf_t: list[float] = []
     floor_t: list[float] = []
-    for i in range(runs):
+    samples: list[dict[str, float]] = []
+    for i in range(runs):  # the parts interleaved too, so that all see the machine in the same state
         for f in ((shelf_once, floor_once) if i % 2 == 0 else (floor_once, shelf_once)):
             (shelf_t if f is shelf_once else floor_t).append(f())
-    samples = [parts_once() for _ in range(runs)]
+        samples.append(parts_once())
     parts = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
     parts["the rest: listening, first request"] = statistics.median(shelf_t) - sum(parts.values())
     return Cold(shelf_t, floor_t, parts)

@@ -7,16 +7,17 @@ consumed by the serving runners and the ONNX parity check, so no caller transpos
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 
-@dataclass(frozen=True)
-class Batch:
+class Batch(NamedTuple):
     """``numeric``: ``[n, k]`` float64, the schema's numeric features in schema order, NaN for
-    missing; ``categorical``: name → n values, ``None`` for missing."""
+    missing; ``categorical``: name → n values, ``None`` for missing.
+
+    A NamedTuple rather than a frozen dataclass: as immutable, and ~1 ms less of the server's
+    timed start-up to create."""
 
     numeric: np.ndarray
     categorical: Mapping[str, list[Any]]

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from modelshelf.features import Batch
 
@@ -20,8 +19,7 @@ ONNX_FILE = "model.onnx"
 PROBA_TOLERANCE = 1e-5
 
 
-@dataclass(frozen=True)
-class Export:
+class Export(NamedTuple):
     """An exported graph, or why there is none; ``parity`` holds what was measured."""
 
     data: bytes | None

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from modelshelf import artefacts
 from modelshelf.card import CARD_FILE, parse_card
@@ -64,9 +63,11 @@ class JoblibRunner:
         return result
 
 
-@dataclass(frozen=True)
-class Loaded:
-    """One servable version: its card, runner and pre-rendered documents."""
+class Loaded(NamedTuple):
+    """One servable version: its card, runner and pre-rendered documents.
+
+    A NamedTuple rather than a frozen dataclass: as immutable, and ~1 ms less of the server's
+    timed start-up to create."""
 
     name: str
     version: str
