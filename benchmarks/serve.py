@@ -485,12 +485,17 @@ def loadgen_module() -> Any:
 
 # -- (a) in process ------------------------------------------------------------------------------
 
-def time_calls(fn: Callable[[], Any], n: int, warmup: int, max_seconds: float) -> list[float]:
+def time_calls(fn: Callable[[], Any], n: int, warmup: int, max_seconds: float, idle: float = 0.0) -> list[float]:
+    """Seconds per call of ``fn``, ``n`` calls after ``warmup``; with ``idle``, each call comes
+    after that many seconds asleep, as in a server between requests (on this kind of machine
+    code runs slower on a CPU that has just idled)."""
     for _ in range(warmup):
         fn()
     out: list[float] = []
     stop = time.perf_counter() + max_seconds
     for _ in range(n):
+        if idle:
+            time.sleep(idle)
         s = time.perf_counter()
         if s >= stop:
             break
@@ -503,22 +508,6 @@ def measure_in_process(model: Any, row: Row, n: int, warmup: int, max_seconds: f
     frame = row.frame()
     return Latency("in-process sklearn predict", time_calls(lambda: model.predict(frame), n,
                                                            min(warmup, 20), max_seconds))
-
-
-def time_calls_after_idle(fn: Callable[[], Any], n: int, idle: float, max_seconds: float) -> list[float]:
-    """Like :func:`time_calls`, each call after ``idle`` seconds asleep, as a server between
-    requests: on this kind of machine code runs slower on a CPU that has just idled."""
-    fn()
-    out: list[float] = []
-    stop = time.perf_counter() + max_seconds
-    for _ in range(n):
-        time.sleep(idle)
-        s = time.perf_counter()
-        if s >= stop:
-            break
-        fn()
-        out.append(time.perf_counter() - s)
-    return out
 
 
 def measure_breakdown(models: Path, row: Row, n: int) -> dict[str, tuple[float, float]]:
@@ -546,7 +535,7 @@ def measure_breakdown(models: Path, row: Row, n: int) -> dict[str, tuple[float, 
         "app.handle /ping (no socket)": lambda: app.handle("GET", "/ping", b""),
     }
     return {k: (statistics.median(time_calls(f, n, 200, 30.0)) * 1e6,
-                statistics.median(time_calls_after_idle(f, min(n, 1000), 1e-4, 30.0)) * 1e6)
+                statistics.median(time_calls(f, min(n, 1000), 1, 30.0, idle=1e-4)) * 1e6)
             for k, f in pieces.items()}
 
 

@@ -25,9 +25,8 @@ from typing import Any
 from modelshelf import artefacts
 from modelshelf.card import parse_card, schema_changed
 from modelshelf.errors import ShelfError
-from modelshelf.gate import Baseline, read_baseline, with_rescore
+from modelshelf.gate import Baseline, catalogue_numbers, read_baseline, with_rescore
 from modelshelf.gitrepo import GitRepo
-from modelshelf.metrics import CATALOGUE
 
 SCHEMA_FILE = "schema.json"
 TEST_FILE = "test.csv"
@@ -76,7 +75,7 @@ def rescore(root: Path, commit: str, rev: str, prepared: Path,
     if raw is None:
         raise NotRescorable(f"no {ws.card} at {rev}")
     card = parse_card(raw, f"{rev}:{ws.card}")
-    if _catalogue(card.get("metrics")) != _catalogue(committed):
+    if catalogue_numbers(card.get("metrics")) != catalogue_numbers(committed):
         raise NotRescorable(f"the card at {rev} describes another model than its committed metrics")
     try:
         schema = json.loads((prepared / SCHEMA_FILE).read_text(encoding="utf-8"))
@@ -99,11 +98,3 @@ def rescore(root: Path, commit: str, rev: str, prepared: Path,
     model = {"version": card.get("version"), "sha256": rec["sha256"], "source": source,
              "rows": int(len(y)), "scikit-learn": card["dependencies"].get("scikit-learn")}
     return metrics, model
-
-
-def _catalogue(metrics: Any) -> dict[str, float]:
-    """The numeric catalogue metrics of a metrics mapping, as floats (None and NaN dropped)."""
-    if not isinstance(metrics, Mapping):
-        return {}
-    return {k: float(v) for k, v in metrics.items()
-            if k in CATALOGUE and isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}

@@ -89,7 +89,7 @@ def with_rescore(base: Baseline, metrics: Mapping[str, float] | None, note: str,
         if lacking:
             note, metrics = f"re-scoring the baseline model gave no {lacking[0]}", dict(metrics)
         else:
-            clean = {k: float(v) for k, v in metrics.items() if k in CATALOGUE and _number(v) is not None}
+            clean = catalogue_numbers(metrics)
             return replace(base, metrics=clean,
                            rescore=Rescore(True, note, clean, committed, dict(model or {})))
     return replace(base, rescore=Rescore(False, note, None if metrics is None else dict(metrics),
@@ -257,6 +257,14 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return None if math.isnan(value) else float(value)
+
+
+def catalogue_numbers(metrics: Any) -> dict[str, float]:
+    """The catalogue metrics of a metrics mapping that are numbers (not None, NaN or bool),
+    as floats; ``{}`` for anything that is not a mapping."""
+    if not isinstance(metrics, Mapping):
+        return {}
+    return {k: n for k, v in metrics.items() if k in CATALOGUE and (n := _number(v)) is not None}
 
 
 def _json_num(value: float | None) -> float | None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import itertools
 import json
 import operator
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, NoReturn
 
 import numpy as np
 import orjson
@@ -101,16 +101,10 @@ class Parser:
                 _check_keys(row.keys(), self.names, f"rows[{i}]")
         matrix = self._matrix(list(map(self._numeric_of, rows)) if self.numeric else None, len(rows))
         categorical = {n: [row[n] for row in rows] for n in self.categorical}
-        if matrix is None or not all(_TEXT.issuperset(map(type, v)) for v in categorical.values()):
-            self._explain_rows(rows)
-        return Batch(matrix, categorical, len(rows))  # type: ignore[arg-type]
-
-    def _explain_rows(self, rows: list[dict[str, Any]]) -> None:
-        """Raise for the first value the fast path refused, in row order."""
-        for i, row in enumerate(rows):
-            for n in (*self.numeric, *self.categorical):
-                _check_value(row[n], self.kinds[n], f"rows[{i}].{n}")
-        raise AssertionError("a value failed the fast check but passed the full one")
+        if matrix is None or not _all_text(categorical):  # name the first refused value, in row order
+            _explain((row[n], self.kinds[n], f"rows[{i}].{n}")
+                     for i, row in enumerate(rows) for n in (*self.numeric, *self.categorical))
+        return Batch(matrix, categorical, len(rows))
 
     def _columns(self, cols: Any) -> Batch:
         if not isinstance(cols, dict):
@@ -127,11 +121,9 @@ class Parser:
             raise BadRequest(413, f"{n} rows is more than the limit of {self.max_rows}", "columns")
         matrix = self._matrix([cols[name] for name in self.numeric] if self.numeric else None, n, transposed=True)
         categorical = {name: cols[name] for name in self.categorical}
-        if matrix is None or not all(_TEXT.issuperset(map(type, v)) for v in categorical.values()):
-            for name in (*self.numeric, *self.categorical):
-                for i, v in enumerate(cols[name]):
-                    _check_value(v, self.kinds[name], f"columns.{name}[{i}]")
-            raise AssertionError("a value failed the fast check but passed the full one")
+        if matrix is None or not _all_text(categorical):  # name the first refused value, column by column
+            _explain((v, self.kinds[name], f"columns.{name}[{i}]")
+                     for name in (*self.numeric, *self.categorical) for i, v in enumerate(cols[name]))
         return Batch(matrix, categorical, n)
 
     def _matrix(self, values: list[Any] | None, n: int, transposed: bool = False) -> np.ndarray | None:
@@ -149,6 +141,17 @@ class Parser:
             return None
         matrix = np.array(values, dtype=np.float64)
         return np.ascontiguousarray(matrix.T) if transposed else matrix
+
+
+def _all_text(categorical: Mapping[str, list[Any]]) -> bool:
+    return all(_TEXT.issuperset(map(type, v)) for v in categorical.values())
+
+
+def _explain(values: Iterable[tuple[Any, str, str]]) -> NoReturn:
+    """Raise for the first ``(value, kind, field)`` the model cannot take (the fast path refused one)."""
+    for v, kind, field in values:
+        _check_value(v, kind, field)
+    raise AssertionError("a value failed the fast check but passed the full one")
 
 
 def _check_keys(keys: Any, names: list[str], where: str) -> None:
