@@ -31,9 +31,10 @@ Measured, on that model and this machine:
    processes.
 2. **(a) In-process** ``model.predict`` of the same row (a one-row pandas
    DataFrame) with the verified joblib pipeline: p50/p99 of ``--requests`` calls.
-   For the breakdown, the pieces of one /predict (parse, tensors, onnxruntime,
-   the app without a socket) are timed in-process too, called back to back and
-   each after a 100 µs sleep (what a server does between requests).
+   For the breakdown, the pieces of one /predict (parse, tensors, onnxruntime, the
+   one-row lane that answers a single all-numeric row, the app without a socket)
+   are timed in-process too, called back to back and each after a 100 µs sleep
+   (what a server does between requests).
 3. **(b) MLflow**: the same fitted pipeline (model.joblib, verified by sha256
    against card.json, loaded with joblib in MLflow's own venv) saved with
    ``mlflow.sklearn.save_model`` (MLflow's default, skops, trusting exactly the
@@ -523,6 +524,7 @@ def measure_breakdown(models: Path, row: Row, n: int) -> dict[str, tuple[float, 
     assert cur is not None
     body = row.shelf_body()
     batch = cur.parser.parse(body)
+    data = json.loads(body)
     tensors = feeds(batch)
     result = cur.runner.predict(batch)
     pieces: dict[str, Callable[[], Any]] = {
@@ -530,6 +532,7 @@ def measure_breakdown(models: Path, row: Row, n: int) -> dict[str, tuple[float, 
         "feeds (float32 matrix)": lambda: feeds(batch),
         "onnxruntime run": lambda: cur.runner.session.run(tensors),
         "runner.predict (feeds+run+lists)": lambda: cur.runner.predict(batch),
+        "one-row lane (checks+run+lists)": lambda: cur.one_row.predict(data) if cur.one_row else None,
         "orjson.dumps answer": lambda: orjson.dumps({"model": cur.name, "version": cur.version, **result}),
         "app.handle /predict (no socket)": lambda: app.handle("POST", "/predict", body),
         "app.handle /ping (no socket)": lambda: app.handle("GET", "/ping", b""),

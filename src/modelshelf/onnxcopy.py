@@ -178,6 +178,11 @@ class Session:
         # skl2onnx sanitises input names (spaces become '_'); it keeps their order.
         self.inputs: Sequence[str] = [i.name for i in self._session.get_inputs()]
 
+    @property
+    def ort(self) -> Any:
+        """The ``onnxruntime.InferenceSession`` itself."""
+        return self._session
+
     def run(self, tensors: Sequence[Any]) -> list[Any]:
         """Outputs for ``tensors`` given in the schema's feature order (see :func:`feeds`)."""
         return self._session.run(self.outputs, dict(zip(self.inputs, tensors, strict=True)))

@@ -15,7 +15,7 @@ import orjson
 
 from modelshelf.serve.holder import Holder
 from modelshelf.serve.metrics import Metrics
-from modelshelf.serve.payload import BadRequest
+from modelshelf.serve.payload import BadRequest, loads
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -55,12 +55,16 @@ class App:
                 loaded = self.holder.current  # read once: this request finishes on this version
                 if loaded is None:
                     return self._done(path, start, (503, JSON, b'{"error":"no model loaded yet"}'))
-                batch = loaded.parser.parse(body)
-                if batch.n > INLINE_ROWS:
-                    return self._later(path, start, lambda: self._predict(loaded, batch))
-                out = loaded.runner.predict(batch)
+                data = loads(body)
+                out = loaded.one_row.predict(data) if loaded.one_row is not None else None
+                rows = 1
+                if out is None:
+                    batch = loaded.parser.batch(data)
+                    if batch.n > INLINE_ROWS:
+                        return self._later(path, start, lambda: self._predict(loaded, batch))
+                    out, rows = loaded.runner.predict(batch), batch.n
                 reply = 200, JSON, orjson.dumps({"model": loaded.name, "version": loaded.version, **out})
-                return self._done(path, start, reply, batch.n)
+                return self._done(path, start, reply, rows)
             if path == "/admin/reload" and method == "POST":
                 return self._later(path, start, lambda: self._reload(authorization))
             return self._done(path, start, self._other(path, method), method=method)

@@ -45,7 +45,8 @@ _NUMBER = frozenset({float, int, _NONE})
 _TEXT = frozenset({str, type(None)})
 
 
-def _loads(body: bytes) -> Any:
+def loads(body: bytes) -> Any:
+    """The JSON in a request body; a :class:`BadRequest` when it is not JSON or holds NaN."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -82,7 +83,10 @@ class Parser:
 
     def parse(self, body: bytes) -> Batch:
         """The rows of ``{"rows": [{…}, …]}`` or ``{"columns": {name: […]}}``, checked."""
-        data = _loads(body)
+        return self.batch(loads(body))
+
+    def batch(self, data: Any) -> Batch:
+        """:meth:`parse` for a body already decoded by :func:`loads`."""
         if type(data) is not dict or data.keys() not in ({"rows"}, {"columns"}):
             raise BadRequest(400, 'send {"rows": [{feature: value, …}, …]} or {"columns": {feature: [values]}}, '
                              "and nothing else")

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from modelshelf import artefacts
 from modelshelf.card import CARD_FILE, parse_card
 from modelshelf.errors import IntegrityError
 from modelshelf.features import Batch
 from modelshelf.serve.payload import Parser, openapi
+
+if TYPE_CHECKING:
+    from modelshelf.serve.onerow import OneRow
 
 
 class OnnxRunner:
@@ -76,6 +79,7 @@ class Loaded(NamedTuple):
     parser: Parser
     card_json: bytes
     openapi_json: bytes
+    one_row: OneRow | None = None  # the lane for single all-numeric rows (ONNX only)
 
     @property
     def format(self) -> str:
@@ -102,8 +106,13 @@ def load(directory: Path, *, allow_version_mismatch: bool = False, max_rows: int
         runner = JoblibRunner(model, schema)
     parser = Parser(schema, max_rows)
     runner.predict(Batch.from_columns(example_columns(schema), schema))  # warm up before anyone depends on it
+    lane = None
+    if isinstance(runner, OnnxRunner):
+        from modelshelf.serve import onerow
+
+        lane = onerow.build(runner.session, schema)  # warms it up too
     return Loaded(card["name"], str(card["version"]), card, runner, parser, json.dumps(card).encode(),
-                  json.dumps(openapi(card, max_rows)).encode())
+                  json.dumps(openapi(card, max_rows)).encode(), lane)
 
 
 def example_columns(schema: Mapping[str, Any]) -> dict[str, list[Any]]:

@@ -1,0 +1,129 @@
+"""The one-row lane: a single all-numeric row answered without building a batch.
+
+Most online requests are one row.  On the general path that row becomes a float64 matrix, a
+float32 copy, an input dict for onnxruntime and output arrays allocated per call; on a server
+that idles between requests (caches and branch predictors gone cold) that costs about as
+much as the trees themselves.  Here the row's values are checked over the tuple (numbers
+only, within float32's range), packed straight into the one ``[1, k]`` tensor an IOBinding
+holds, and the graph writes into outputs bound once.
+
+The lane answers exactly what :meth:`OnnxRunner.predict <modelshelf.serve.runner.OnnxRunner.predict>`
+would (checked when it is built, and by the tests on the held-out set); it declines
+(``None``), and the general path answers, for anything else: several rows, columns, a null,
+a value to explain, a model with categorical features, or a call while another thread holds
+its buffers.
+"""
+
+from __future__ import annotations
+
+import operator
+import struct
+import threading
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from modelshelf.serve.payload import FLOAT32_MAX
+
+if TYPE_CHECKING:
+    from modelshelf.onnxcopy import Session
+
+_NUMBER = frozenset({float, int})  # not bool, not None: those go the general way
+_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64",
+           "tensor(int32)": "int32"}
+
+
+class OneRow:
+    """Buffers bound to one session: ``predict(data)`` for a parsed ``/predict`` body."""
+
+    def __init__(self, session: Session, schema: Mapping[str, Any]) -> None:
+        """Bind the buffers; raises ``ValueError`` when the graph does not suit the lane."""
+        import numpy as np
+        import onnxruntime as ort
+
+        names = [f["name"] for f in schema["features"]]
+        if not names or any(f["kind"] != "numeric" for f in schema["features"]) or len(session.inputs) != 1:
+            raise ValueError("the lane takes graphs with one input of numeric features only")
+        ort_session = session.ort
+        self.wanted = frozenset(names)
+        get = operator.itemgetter(*names)
+        self._values = (lambda row: (get(row),)) if len(names) == 1 else get
+        self._row = np.zeros((1, len(names)), dtype=np.float32)
+        self._pack = struct.Struct(f"={len(names)}f").pack_into
+        self._view = memoryview(self._row).cast("B")
+        self._outputs = [np.zeros(_shape(o.shape), dtype=_dtype(o.type)) for o in ort_session.get_outputs()]
+        binding = ort_session.io_binding()
+        binding.bind_ortvalue_input(session.inputs[0], ort.OrtValue.ortvalue_from_numpy(self._row))
+        for name, buf in zip(session.outputs, self._outputs, strict=True):
+            binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(buf))
+        self._run = lambda: ort_session.run_with_iobinding(binding)
+        self.regression = schema["task"] == "regression"
+        self._classes = schema.get("classes")
+        self._lock = threading.Lock()
+
+    def predict(self, data: Any) -> dict[str, Any] | None:
+        """The answer for ``{"rows": [one clean row]}``, or None: the general path answers."""
+        if type(data) is not dict or len(data) != 1:
+            return None
+        rows = data.get("rows")
+        if type(rows) is not list or len(rows) != 1:
+            return None
+        row = rows[0]
+        if type(row) is not dict or row.keys() != self.wanted:
+            return None
+        values = self._values(row)
+        # min/max compare ints exactly; the bound is the general path's (payload.FLOAT32_MAX)
+        if not (_NUMBER.issuperset(map(type, values)) and -FLOAT32_MAX <= min(values)
+                and max(values) <= FLOAT32_MAX):
+            return None
+        if not self._lock.acquire(blocking=False):
+            return None  # another thread has the buffers: the general path needs none
+        try:
+            self._pack(self._view, 0, *values)  # float → float32 rounds as numpy's astype does
+            self._run()
+            outputs = self._outputs
+            result: dict[str, Any] = {"predictions": outputs[0].reshape(-1).tolist()}
+            if not self.regression and len(outputs) > 1:
+                result["classes"] = self._classes
+                result["probabilities"] = outputs[1].tolist()
+            return result
+        finally:
+            self._lock.release()
+
+
+def build(session: Session, schema: Mapping[str, Any]) -> OneRow | None:
+    """A lane for ``session`` (warmed up), or None when its graph does not suit one or the
+    lane's answer for a probe row differs from the general path's."""
+    from modelshelf.features import Batch
+    from modelshelf.onnxcopy import feeds
+
+    try:
+        lane = OneRow(session, schema)
+    except (ValueError, KeyError):
+        return None
+    names = [f["name"] for f in schema["features"]]
+    probe = {name: i * 0.75 - 1 for i, name in enumerate(names)}  # distinct values: a mix-up shows
+    try:  # an optimisation: any failure here leaves the general path to answer
+        got = lane.predict({"rows": [probe]})
+    except Exception:  # noqa: BLE001 - onnxruntime's errors have no common base worth naming
+        return None
+    out = session.run(feeds(Batch.from_columns({n: [v] for n, v in probe.items()}, schema)))
+    want = out[0].reshape(-1).tolist(), (out[1].tolist() if len(out) > 1 and not lane.regression else None)
+    if got is None or (got["predictions"], got.get("probabilities")) != want:
+        return None
+    return lane
+
+
+def _shape(dims: Sequence[Any]) -> tuple[int, ...]:
+    """An output's shape for one row: the batch dimension (symbolic or not) is 1."""
+    if not dims:
+        raise ValueError("an output without a shape")
+    rest = dims[1:]
+    if not all(isinstance(d, int) for d in rest):
+        raise ValueError("an output with a symbolic inner dimension")
+    return (1, *rest)
+
+
+def _dtype(ort_type: str) -> str:
+    if ort_type not in _DTYPES:
+        raise ValueError(f"an output of type {ort_type}")
+    return _DTYPES[ort_type]
