@@ -60,7 +60,7 @@ def _general(schema: dict[str, Any], runner: OnnxRunner, doc: Any) -> dict[str, 
 
 # Values where float32 rounding, int conversion and the range bound could go astray.
 EDGES = [0, -0.0, 1, -1, 2**24 + 1, -(2**31) - 3, 2**63 - 1, 1e-45, 3.4e-39, 0.1, 1 / 3, 16777217.0,
-         FLOAT32_MAX, -FLOAT32_MAX, 3.3999999e38, 1e30, -123456.789]
+         FLOAT32_MAX, -FLOAT32_MAX, 3.3999999e38, 1e30, -123456.789, None, None]
 
 CASES = [("binary", "sklearn.ensemble.RandomForestClassifier"), ("binary", "sklearn.linear_model.LogisticRegression"),
          ("multiclass", "sklearn.ensemble.RandomForestClassifier"),
@@ -74,6 +74,7 @@ def test_the_lane_answers_exactly_as_the_general_path(task: str, estimator: str)
     assert lane is not None
     rng = random.Random(1)
     edge_rows = [{"a": rng.choice(EDGES), "b b": rng.choice(EDGES), "c": rng.choice(EDGES)} for _ in range(60)]
+    edge_rows.append({"a": None, "b b": None, "c": None})
     for row in rows + edge_rows:
         doc = loads(orjson.dumps({"rows": [row]}))  # as a request arrives: ints stay ints
         got = lane.predict(doc)
@@ -85,7 +86,8 @@ def test_the_lane_answers_exactly_as_the_general_path(task: str, estimator: str)
 DECLINED: list[Any] = [
     {"rows": [{"a": 1.0, "b b": 2.0, "c": 3}, {"a": 1.0, "b b": 2.0, "c": 3}]},  # two rows
     {"columns": {"a": [1.0], "b b": [2.0], "c": [3]}},
-    {"rows": [{"a": None, "b b": 2.0, "c": 3}]},  # a missing value: the pipeline imputes it
+    {"rows": [{"a": None, "b b": True, "c": 3}]},
+    {"rows": [{"a": None, "b b": 3.5e38, "c": 3}]},
     {"rows": [{"a": True, "b b": 2.0, "c": 3}]},
     {"rows": [{"a": "1.0", "b b": 2.0, "c": 3}]},
     {"rows": [{"a": 1.0, "b b": 2.0}]},

@@ -8,10 +8,10 @@ only, within float32's range), packed straight into the one ``[1, k]`` tensor an
 holds, and the graph writes into outputs bound once.
 
 The lane answers exactly what :meth:`OnnxRunner.predict <modelshelf.serve.runner.OnnxRunner.predict>`
-would (checked when it is built, and by the tests on the held-out set); it declines
-(``None``), and the general path answers, for anything else: several rows, columns, a null,
-a value to explain, a model with categorical features, or a call while another thread holds
-its buffers.
+would (checked when it is built, and by the tests on the held-out set); a null is a
+missing value, NaN, as there.  It declines (``None``), and the general path answers, for
+anything else: several rows, columns, a value to explain, a model with categorical features
+or string labels, or a call while another thread holds its buffers.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from modelshelf.serve.payload import FLOAT32_MAX
 if TYPE_CHECKING:
     from modelshelf.onnxcopy import Session
 
-_NUMBER = frozenset({float, int})  # not bool, not None: those go the general way
+_NUMBER = frozenset({float, int})  # not bool: that goes the general way, to be refused
+_NUMBER_OR_NULL = _NUMBER | {type(None)}
+_NAN = float("nan")
 _DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(int64)": "int64",
            "tensor(int32)": "int32"}
 
@@ -70,10 +72,14 @@ class OneRow:
         row = rows[0]
         if type(row) is not dict or row.keys() != self.wanted:
             return None
-        values = self._values(row)
+        values = present = self._values(row)
+        if not _NUMBER.issuperset(map(type, values)):
+            if not _NUMBER_OR_NULL.issuperset(map(type, values)):
+                return None
+            present = [v for v in values if v is not None]
+            values = tuple(_NAN if v is None else v for v in values)  # missing: the graph imputes NaN
         # min/max compare ints exactly; the bound is the general path's (payload.FLOAT32_MAX)
-        if not (_NUMBER.issuperset(map(type, values)) and -FLOAT32_MAX <= min(values)
-                and max(values) <= FLOAT32_MAX):
+        if present and not (-FLOAT32_MAX <= min(present) and max(present) <= FLOAT32_MAX):
             return None
         if not self._lock.acquire(blocking=False):
             return None  # another thread has the buffers: the general path needs none
