@@ -42,6 +42,22 @@ def test_every_subcommand_has_a_one_command_parser_that_knows_only_it() -> None:
         assert list(sub.choices) == [name]
 
 
+def test_each_subcommand_is_registered_by_the_module_the_cli_imports_for_it() -> None:
+    import importlib
+
+    from modelshelf.commands import GROUP_OF, GROUPS
+
+    registered: dict[str, str] = {}
+    for group in GROUPS:
+        def add(name: str, *_args: object, _group: str = group) -> argparse.ArgumentParser:
+            registered[name] = _group
+            return argparse.ArgumentParser()
+
+        importlib.import_module(f"modelshelf.commands.{group}").register(add)
+    assert registered == GROUP_OF
+    assert sorted(registered) == _subcommands()
+
+
 def test_a_mistyped_command_gets_the_whole_list(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["serv", "--port", "1"])

@@ -8,13 +8,14 @@ Exit codes: 0 success, 1 internal error, 2 bad configuration or data, 3 gate fai
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from modelshelf import __version__
-from modelshelf.commands import Handler, pipeline, registry, serving
+from modelshelf.commands import GROUP_OF, GROUPS, Handler
 from modelshelf.errors import ShelfError
 
 
@@ -74,8 +75,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         added.append(name)
         return p
 
-    for group in (pipeline, serving, registry):
-        group.register(add)
+    for name in GROUPS if only not in GROUP_OF else (GROUP_OF[only],):
+        importlib.import_module(f"modelshelf.commands.{name}").register(add)
     return parser if added or only is None else build_parser()
 
 

@@ -10,6 +10,16 @@ from typing import Any
 Handler = Callable[[argparse.Namespace], int]
 Add = Callable[[str, Handler, str], argparse.ArgumentParser]
 
+GROUPS = ("pipeline", "serving", "registry")  # the modules here, in the order of ``shelf --help``
+# Which module registers each subcommand, so ``shelf COMMAND`` imports only that one (``shelf
+# serve`` is timed to its first answer); tests/test_cli.py checks it against the registrations.
+GROUP_OF = {
+    **dict.fromkeys(("init", "prepare", "train", "evaluate", "gate", "serialise", "verify", "show", "report"),
+                    "pipeline"),
+    **dict.fromkeys(("serve", "predict", "drift"), "serving"),
+    **dict.fromkeys(("release", "versions", "diff", "promote", "deprecate", "rollback", "get", "gc"), "registry"),
+}
+
 
 def positive_seconds(value: str) -> float:
     """An argparse type: a positive, finite number of seconds."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -104,15 +103,18 @@ def load(directory: Path, *, allow_version_mismatch: bool = False, max_rows: int
                                         sklearn_version=card["dependencies"].get("scikit-learn"),
                                         allow_version_mismatch=allow_version_mismatch, label="the card's")
         runner = JoblibRunner(model, schema)
+    import orjson
+
     parser = Parser(schema, max_rows)
-    runner.predict(Batch.from_columns(example_columns(schema), schema))  # warm up before anyone depends on it
     lane = None
     if isinstance(runner, OnnxRunner):
         from modelshelf.serve import onerow
 
-        lane = onerow.build(runner.session, schema)  # warms it up too
-    return Loaded(card["name"], str(card["version"]), card, runner, parser, json.dumps(card).encode(),
-                  json.dumps(openapi(card, max_rows)).encode(), lane)
+        lane = onerow.build(runner.session, schema)  # runs the graph both ways: a warm-up too
+    if lane is None:
+        runner.predict(Batch.from_columns(example_columns(schema), schema))  # warm up before anyone depends on it
+    return Loaded(card["name"], str(card["version"]), card, runner, parser, orjson.dumps(card),
+                  orjson.dumps(openapi(card, max_rows)), lane)
 
 
 def example_columns(schema: Mapping[str, Any]) -> dict[str, list[Any]]:
