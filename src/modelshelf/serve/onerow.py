@@ -46,7 +46,7 @@ class OneRow:
         if not names or any(f["kind"] != "numeric" for f in schema["features"]) or len(session.inputs) != 1:
             raise ValueError("the lane takes graphs with one input of numeric features only")
         ort_session = session.ort
-        self.wanted = frozenset(names)
+        self.width = len(set(names))
         get = operator.itemgetter(*names)
         self._values = (lambda row: (get(row),)) if len(names) == 1 else get
         self._row = np.zeros((1, len(names)), dtype=np.float32)
@@ -70,9 +70,12 @@ class OneRow:
         if type(rows) is not list or len(rows) != 1:
             return None
         row = rows[0]
-        if type(row) is not dict or row.keys() != self.wanted:
+        if type(row) is not dict or len(row) != self.width:
             return None
-        values = present = self._values(row)
+        try:
+            values = present = self._values(row)  # every feature found, and no other: len() says so
+        except KeyError:
+            return None
         if not _NUMBER.issuperset(map(type, values)):
             if not _NUMBER_OR_NULL.issuperset(map(type, values)):
                 return None
