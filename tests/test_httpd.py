@@ -263,6 +263,47 @@ def test_port_0_serves_on_a_free_port_and_says_which(module_project: tuple[Proje
         assert proc.wait(timeout=DEADLINE) == 0
 
 
+GC_PROBE = r"""
+import gc, json, os, signal, sys, threading, time, urllib.request
+from modelshelf.cli import main
+
+port = sys.argv[1]
+seen = {}
+
+def probe():
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5).read()
+            break
+        except OSError:
+            time.sleep(0.01)  # poll interval of a bounded wait
+    seen.update(enabled=gc.isenabled(), frozen=gc.get_freeze_count())
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=probe, daemon=True).start()
+code = main(["serve", "--model", "models", "--poll", "0", "--port", port])
+print(json.dumps({**seen, "code": code}))
+"""
+
+
+def test_collection_is_back_on_once_serving_with_start_up_frozen(
+        module_project: tuple[Project, dict[str, str]]) -> None:
+    """Start-up runs without the cyclic collector; serving must not."""
+    import subprocess
+    import sys
+
+    from test_serve import free_port
+
+    p, env = module_project
+    proc = subprocess.run([sys.executable, "-c", GC_PROBE, str(free_port())], cwd=p.root, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen == {"enabled": True, "frozen": seen["frozen"], "code": 0}
+    assert seen["frozen"] > 10_000  # numpy, onnxruntime and the model's objects
+
+
 def test_the_app_is_also_an_asgi_app(server: Server, module_project: tuple[Project, dict[str, str]],
                                      bodies: dict[str, bytes]) -> None:
     """Mounted in another ASGI server, the app answers as ``shelf serve`` does."""

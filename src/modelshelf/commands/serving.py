@@ -11,14 +11,22 @@ from modelshelf.commands import Add, positive_seconds
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
+    import gc
     import os
 
-    from modelshelf.serve.server import build, listen, run
+    # Start-up (importing numpy and onnxruntime, loading) allocates much and frees little:
+    # collecting meanwhile took ~8 ms of a ~0.13 s start, and found next to nothing.
+    gc.disable()
+    try:
+        from modelshelf.serve.server import build, listen, run
 
-    token = os.environ.get(a.admin_token_env) or None
-    listeners = listen(a.host, a.port)  # a port in use is an error before the model loads
-    app = build(a.model, admin_token=token, poll=a.poll, max_rows=a.max_rows, max_body=a.max_body,
-                allow_version_mismatch=a.allow_version_mismatch)
+        token = os.environ.get(a.admin_token_env) or None
+        listeners = listen(a.host, a.port)  # a port in use is an error before the model loads
+        app = build(a.model, admin_token=token, poll=a.poll, max_rows=a.max_rows, max_body=a.max_body,
+                    allow_version_mismatch=a.allow_version_mismatch)
+    finally:
+        gc.enable()
+    gc.freeze()  # what start-up made lives as long as the server: later collections skip it
     cur = app.holder.current
     assert cur is not None
     host = f"[{a.host}]" if ":" in a.host else a.host
