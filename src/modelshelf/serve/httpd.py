@@ -27,7 +27,7 @@ from collections import deque
 
 from modelshelf.errors import ConfigError
 from modelshelf.serve.app import App
-from modelshelf.serve.connection import READ, Connection, Pending
+from modelshelf.serve.connection import READ, RECV_SIZE, Connection, Pending
 
 IDLE_TIMEOUT = 5.0  # seconds a keep-alive connection may wait for its next request
 STOP_GRACE = 5.0  # seconds requests in progress get to finish on SIGTERM
@@ -55,6 +55,8 @@ class Server:
         self.paused: dict[int, float] = {}  # listeners not being polled, and until when
         self.stopping = False
         self.stop_requested = False
+        self.recv_buffer = bytearray(RECV_SIZE)  # every connection reads into it (one thread reads)
+        self.recv_view = memoryview(self.recv_buffer)
         self._wake_r, self._wake_w = socket.socketpair()
         for s in (self._wake_r, self._wake_w):
             s.setblocking(False)
