@@ -758,9 +758,11 @@ def mark(k):
     t0 = t
 import onnxruntime
 mark("import onnxruntime (+numpy)")
+import gc
+gc.disable()  # as `shelf serve` does for its start-up (it imports onnxruntime that way too)
 import modelshelf.cli
 mark("import the CLI (argparse, pathlib, json)")
-import modelshelf.commands.serving, modelshelf.serve.server, modelshelf.model, modelshelf.onnxcopy
+import modelshelf.commands.serving, modelshelf.serve.server, modelshelf.serve.runner, modelshelf.serve.onerow
 mark("import serving modules (orjson, threading, sha256)")
 import modelshelf.serve.httpd
 mark("import the HTTP server (socket, httptools)")
