@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import orjson
+
 from modelshelf import artefacts
 from modelshelf.card import CARD_FILE, parse_card
 from modelshelf.errors import IntegrityError
@@ -103,8 +105,6 @@ def load(directory: Path, *, allow_version_mismatch: bool = False, max_rows: int
                                         sklearn_version=card["dependencies"].get("scikit-learn"),
                                         allow_version_mismatch=allow_version_mismatch, label="the card's")
         runner = JoblibRunner(model, schema)
-    import orjson
-
     parser = Parser(schema, max_rows)
     lane = None
     if isinstance(runner, OnnxRunner):
