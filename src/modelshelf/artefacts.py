@@ -8,10 +8,12 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from modelshelf.errors import IntegrityError, VersionMismatchError
+
+if TYPE_CHECKING:  # pathlib is imported where it is used: it brings urllib.parse and ipaddress
+    from pathlib import Path  # (~3 ms), and `shelf serve` is timed from spawn to its first answer
 
 _CHUNK = 1 << 20
 # Python's own SHA-256 (module _sha2 from 3.12, _sha256 before) loads in ~0.2 ms; hashlib's,
@@ -59,6 +61,8 @@ def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
 
     On any error the temp file is removed and ``path`` is left as it was.
     """
+    from pathlib import Path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     import tempfile  # not at module level: the server's start-up needs only the readers
@@ -107,6 +111,8 @@ def copy_verified(src: str | Path, dst: str | Path, expected_sha256: str) -> Non
 
 def verify(path: str | Path, expected_sha256: str, label: str = "") -> None:
     """Raise IntegrityError unless ``path`` exists and hashes to ``expected_sha256``."""
+    from pathlib import Path
+
     path = Path(path)
     if not path.is_file():
         raise IntegrityError(str(path), "artefact is missing",
@@ -153,6 +159,8 @@ def load_verified(path: str | Path, expected_sha256: str, *, sklearn_version: st
 
 def file_record(path: str | Path, root: str | Path | None = None) -> dict[str, Any]:
     """``{file, sha256, bytes}`` for the card; ``file`` relative to ``root``."""
+    from pathlib import Path
+
     path = Path(path)
     name = path.name if root is None else os.path.relpath(path, root)
     return {"file": Path(name).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}

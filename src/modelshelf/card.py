@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelshelf.errors import IntegrityError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 SCHEMA_VERSION = 1
 CARD_FILE = "card.json"
@@ -90,6 +92,8 @@ def parse_card(raw: bytes | str, where: str) -> dict[str, Any]:
 
 def read_card(path: str | Path) -> dict[str, Any]:
     """Read ``card.json`` (or the card in directory ``path``)."""
+    from pathlib import Path  # not at the top: see artefacts.py
+
     path = Path(path)
     if path.is_dir():
         path = path / CARD_FILE

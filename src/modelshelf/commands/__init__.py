@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 Handler = Callable[[argparse.Namespace], int]
 Add = Callable[[str, Handler, str], argparse.ArgumentParser]
@@ -19,6 +22,14 @@ GROUP_OF = {
     **dict.fromkeys(("serve", "predict", "drift"), "serving"),
     **dict.fromkeys(("release", "versions", "diff", "promote", "deprecate", "rollback", "get", "gc"), "registry"),
 }
+
+
+def path(value: str) -> Path:
+    """An argparse type: a path.  pathlib is imported when one is parsed, not when the parser is
+    built (``shelf serve`` takes none, and its start is timed)."""
+    from pathlib import Path
+
+    return Path(value)
 
 
 def positive_seconds(value: str) -> float:

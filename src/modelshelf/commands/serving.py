@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from modelshelf.commands import Add, positive_seconds
+from modelshelf.commands import Add, path, positive_seconds
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -100,16 +99,16 @@ def register(add: Add) -> None:
     p.add_argument("--allow-version-mismatch", action="store_true")
 
     p = add("predict", cmd_predict, "score a CSV with a verified model (the same rules as serve)")
-    p.add_argument("input", type=Path)
+    p.add_argument("input", type=path)
     p.add_argument("--model", default="latest", help="vX.Y.Z, latest, a stage or a directory")
-    p.add_argument("-o", "--out", type=Path, required=True)
+    p.add_argument("-o", "--out", type=path, required=True)
     p.add_argument("--allow-version-mismatch", action="store_true")
 
     p = add("drift", cmd_drift, "compare new data with the training profile (exit 0 none, 9 drift, 10 schema break)")
-    p.add_argument("data", type=Path, nargs="?", help="a CSV of new data (default: data.source in params.yaml)")
+    p.add_argument("data", type=path, nargs="?", help="a CSV of new data (default: data.source in params.yaml)")
     p.add_argument("--model", help="vX.Y.Z, latest or a stage (default: the workspace model)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--md", action="store_true", help="markdown (the default output)")
     fmt.add_argument("--json", action="store_true")
     p.add_argument("--no-predictions", action="store_true", help="skip prediction drift")
-    p.add_argument("--plot", type=Path, metavar="DIR", help="also write one PNG per feature and overview.png")
+    p.add_argument("--plot", type=path, metavar="DIR", help="also write one PNG per feature and overview.png")

@@ -7,12 +7,16 @@ interrupts it.  A version that fails to load is refused; the old one keeps servi
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modelshelf.errors import ShelfError
 from modelshelf.serve.runner import Loaded, load
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class Holder:
@@ -20,7 +24,7 @@ class Holder:
     refusal in ``error``, and counts of swaps and refused versions."""
 
     # A plain class, not a dataclass: creating one costs ~1 ms of the server's timed start-up.
-    def __init__(self, spec: str, repo: Path = Path("."), *, allow_version_mismatch: bool = False,
+    def __init__(self, spec: str, repo: str | Path = ".", *, allow_version_mismatch: bool = False,
                  max_rows: int = 10_000) -> None:
         self.spec = spec
         self.repo = repo
@@ -68,15 +72,14 @@ class Holder:
             raise RuntimeError(self.error)
         return self.error
 
-    def _resolve(self) -> Path:
-        path = Path(self.spec)
-        if path.exists():  # a directory or card on disk: what resolve() would return, without importing it
-            return path
+    def _resolve(self) -> str | Path:
+        if os.path.exists(self.spec):  # a directory on disk: what resolve() would return, without importing it
+            return self.spec  # (nor pathlib: see artefacts.py)
         from modelshelf.model import resolve
 
         return resolve(self.spec, self.repo)
 
-    def _same(self, directory: Path) -> bool:
+    def _same(self, directory: str | Path) -> bool:
         from modelshelf.card import read_card
 
         card = read_card(directory)

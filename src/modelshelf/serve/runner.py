@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
@@ -15,6 +15,8 @@ from modelshelf.features import Batch
 from modelshelf.serve.payload import Parser, openapi
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from modelshelf.serve.onerow import OneRow
 
 
@@ -87,21 +89,24 @@ class Loaded(NamedTuple):
         return self.runner.format
 
 
-def load(directory: Path, *, allow_version_mismatch: bool = False, max_rows: int = 10_000) -> Loaded:
+def load(directory: str | Path, *, allow_version_mismatch: bool = False, max_rows: int = 10_000) -> Loaded:
     """Load the version in ``directory``: verify every byte against its card, build, warm up."""
-    raw = (directory / CARD_FILE).read_bytes()
-    card = parse_card(raw, str(directory / CARD_FILE))
+    # os.path, not pathlib: see artefacts.py
+    with open(os.path.join(directory, CARD_FILE), "rb") as fh:
+        raw = fh.read()
+    card = parse_card(raw, os.path.join(directory, CARD_FILE))
     schema = card["input_schema"]
     onnx = card["artefacts"].get("onnx")
     if onnx is not None:
-        data = (directory / onnx["file"]).read_bytes()
+        with open(os.path.join(directory, onnx["file"]), "rb") as fh:
+            data = fh.read()
         if artefacts.sha256_bytes(data) != onnx["sha256"]:  # checked on the very bytes we load
-            raise IntegrityError(str(directory / onnx["file"]), "sha256 does not match the card",
+            raise IntegrityError(os.path.join(directory, onnx["file"]), "sha256 does not match the card",
                                  "refusing it; restore the release with `shelf get`")
         runner: OnnxRunner | JoblibRunner = OnnxRunner(data, schema)
     else:
         rec = card["artefacts"]["model"]
-        model = artefacts.load_verified(directory / rec["file"], rec["sha256"],
+        model = artefacts.load_verified(os.path.join(directory, rec["file"]), rec["sha256"],
                                         sklearn_version=card["dependencies"].get("scikit-learn"),
                                         allow_version_mismatch=allow_version_mismatch, label="the card's")
         runner = JoblibRunner(model, schema)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import signal
 import socket
 import threading
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modelshelf.serve.app import App
 from modelshelf.serve.holder import Holder
 
+if TYPE_CHECKING:
+    from pathlib import Path
 
-def build(spec: str, *, repo: Path = Path("."), admin_token: str | None = None, poll: float = 10.0,
+
+def build(spec: str, *, repo: str | Path = ".", admin_token: str | None = None, poll: float = 10.0,
           max_rows: int = 10_000, max_body: int = 8 << 20, allow_version_mismatch: bool = False) -> App:
     """An app serving ``spec`` (a path, ``vX.Y.Z``, ``latest`` or a stage), loaded and verified now.
 
