@@ -761,7 +761,7 @@ mark("import onnxruntime (+numpy)")
 import gc
 gc.disable()  # as `shelf serve` does for its start-up (it imports onnxruntime that way too)
 import modelshelf.cli
-mark("import the CLI (argparse, pathlib, json)")
+mark("import the CLI (argparse)")
 import modelshelf.commands.serving, modelshelf.serve.server, modelshelf.serve.runner, modelshelf.serve.onerow
 mark("import serving modules (orjson, threading, sha256)")
 import modelshelf.serve.httpd
