@@ -6,12 +6,14 @@ Layers: ``isolated`` (autouse) → ``project`` (git + DVC + dvc.yaml + params.ya
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,12 +118,29 @@ def project(new_project: Callable[..., Project]) -> Project:
     return p
 
 
+def build_built(dest: Path) -> None:
+    """What ``built`` holds: ``project`` after one ``dvc repro``, the outputs committed."""
+    from modelshelf.project import init
+
+    with environ(isolated_env(dest / "home")):
+        init(dest / "proj")
+        p = Project(dest / "proj")
+        p.commit("scaffold")
+        p.dvc("repro")
+        p.commit("first model")
+
+
+@pytest.fixture(scope="session")
+def built_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``built`` project, made once for the whole session (all xdist workers)."""
+    return built_once(shared_dir(tmp_path_factory), "built", build_built) / "proj"
+
+
 @pytest.fixture
-def built(project: Project) -> Project:
-    """``project`` after one ``dvc repro`` with the outputs committed on main (the baseline)."""
-    project.dvc("repro")
-    project.commit("first model")
-    return project
+def built(built_template: Path, tmp_path: Path) -> Project:
+    """A scaffolded project after one ``dvc repro`` with the outputs committed on main (the
+    baseline): a private copy of a tree built once per session (a repro takes ~10 s)."""
+    return Project(copy_tree(built_template, tmp_path / "proj"))
 
 
 def add_remotes(p: Project) -> Project:
@@ -151,6 +170,48 @@ def released(remote_project: Project) -> Project:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+def isolated_env(home: Path) -> dict[str, str]:
+    """What the ``isolated`` fixture sets, as an explicit environment (for wider scopes)."""
+    env = hermetic_env(home, name="Test")
+    env.pop("SHELF_ADMIN_TOKEN", None)
+    return env
+
+
+@contextlib.contextmanager
+def environ(env: dict[str, str]) -> Iterator[None]:
+    """Make ``env`` the process environment for the block (the helpers here inherit it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key in list(os.environ):
+            if key not in env:
+                mp.delenv(key)
+        for key, value in env.items():
+            mp.setenv(key, value)
+        yield
+
+
+def shared_dir(factory: pytest.TempPathFactory) -> Path:
+    """A directory every xdist worker of this session sees (the workers' common parent)."""
+    base = factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "templates"
+
+
+def built_once(root: Path, name: str, build: Callable[[Path], None]) -> Path:
+    """``root/name`` built by ``build`` exactly once across workers (flock + a done marker)."""
+    root.mkdir(parents=True, exist_ok=True)
+    dest, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, even on failure
+        try:
+            if not done.exists():
+                shutil.rmtree(dest, ignore_errors=True)  # a half-built copy from a failed attempt
+                dest.mkdir()
+                build(dest)
+                done.write_text("ok\n")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return dest
 
 
 def copy_tree(src: Path, dst: Path) -> Path:

@@ -3,6 +3,7 @@ answers, and it declines (the general path then answers or refuses) for everythi
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 from typing import Any
@@ -81,6 +82,9 @@ def test_the_lane_answers_exactly_as_the_general_path(task: str, estimator: str)
         assert got is not None, row
         assert got == _general(schema, runner, doc), row
     assert set(got) == ({"predictions"} if task == "regression" else {"predictions", "classes", "probabilities"})
+    # Integers beyond 64 bits: orjson refuses them and the standard library reads them
+    doc = loads(json.dumps({"rows": [{"a": 10**30, "b b": -(2**70), "c": 2**64 + 1}]}).encode())
+    assert lane.predict(doc) == _general(schema, runner, doc) is not None
 
 
 DECLINED: list[Any] = [
@@ -92,6 +96,7 @@ DECLINED: list[Any] = [
     {"rows": [{"a": "1.0", "b b": 2.0, "c": 3}]},
     {"rows": [{"a": 1.0, "b b": 2.0}]},
     {"rows": [{"a": 1.0, "b b": 2.0, "c": 3, "d": 4}]},
+    {"rows": [{"a": 1.0, "b b": 2.0, "d": 3}]},  # as many keys as features, one of them unknown
     {"rows": [{"a": 3.5e38, "b b": 2.0, "c": 3}]},
     {"rows": [{"a": 1.0, "b b": -(10**39), "c": 3}]},
     {"rows": [[1.0, 2.0, 3]]},

@@ -19,8 +19,6 @@ environment of their own (the autouse ``isolated`` fixture is function-scoped).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import http.client
 import json
@@ -43,9 +41,8 @@ import pytest
 import yaml
 
 import modelshelf
-from modelshelf.sandbox import hermetic_env
 
-from conftest import BIN, Project, copy_tree, run
+from conftest import BIN, Project, built_once, copy_tree, environ, isolated_env, run, shared_dir
 
 pytestmark = pytest.mark.slow
 
@@ -56,48 +53,6 @@ SWAP_DEADLINE = 60.0      # seconds for a promoted version to be served
 
 
 # --- environment and templates ------------------------------------------------------------------
-
-
-def isolated_env(home: Path) -> dict[str, str]:
-    """What conftest's ``isolated`` fixture sets, as an explicit environment (for module scope)."""
-    env = hermetic_env(home, name="Test")
-    env.pop("SHELF_ADMIN_TOKEN", None)
-    return env
-
-
-@contextlib.contextmanager
-def environ(env: dict[str, str]) -> Iterator[None]:
-    """Make ``env`` the process environment for the block (conftest's helpers inherit it)."""
-    with pytest.MonkeyPatch.context() as mp:
-        for key in list(os.environ):
-            if key not in env:
-                mp.delenv(key)
-        for key, value in env.items():
-            mp.setenv(key, value)
-        yield
-
-
-def shared_dir(factory: pytest.TempPathFactory) -> Path:
-    """A directory every xdist worker of this session sees (the workers' common parent)."""
-    base = factory.getbasetemp()
-    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "serve-templates"
-
-
-def built_once(root: Path, name: str, build: Callable[[Path], None]) -> Path:
-    """``root/name`` built by ``build`` exactly once across workers (flock + a done marker)."""
-    root.mkdir(parents=True, exist_ok=True)
-    dest, done = root / name, root / f"{name}.done"
-    with open(root / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, even on failure
-        try:
-            if not done.exists():
-                shutil.rmtree(dest, ignore_errors=True)  # a half-built copy from a failed attempt
-                dest.mkdir()
-                build(dest)
-                done.write_text("ok\n")
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return dest
 
 
 def set_origin(base: Path) -> Project:
