@@ -1,7 +1,8 @@
 """Hermetic fixtures: isolated HOME and git identity, temp projects built through our own API.
 
 Layers: ``isolated`` (autouse) → ``project`` (git + DVC + dvc.yaml + params.yaml, committed)
-→ ``built`` (the pipeline has run once and its outputs are committed on main).
+→ ``built`` (the pipeline has run once and its outputs are committed on main; a private copy
+of a tree built once per session) → ``remote_project`` → ``released``.
 """
 
 from __future__ import annotations
