@@ -52,7 +52,7 @@ def _model(task: str, estimator: str, labels: str = "int") -> tuple[dict[str, An
 
 
 def _lane(schema: dict[str, Any], runner: OnnxRunner) -> onerow.OneRow | None:
-    return onerow.build(runner.session, schema)
+    return onerow.build(runner)
 
 
 def _general(schema: dict[str, Any], runner: OnnxRunner, doc: Any) -> dict[str, Any]:
@@ -148,7 +148,7 @@ def test_no_lane_for_categorical_features_or_string_labels() -> None:
     exp = onnxcopy.export(pipeline, schema, X[200:], y[200:], regression_tolerance=1e-3)
     assert exp.data is not None, exp.reason
     runner = OnnxRunner(exp.data, schema)
-    assert onerow.build(runner.session, schema) is None
+    assert onerow.build(runner) is None
 
 
 def test_app_answers_the_same_with_and_without_the_lane() -> None:

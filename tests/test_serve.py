@@ -42,7 +42,7 @@ import yaml
 
 import modelshelf
 
-from conftest import BIN, Project, built_once, copy_tree, environ, isolated_env, run, shared_dir
+from conftest import BIN, Project, build_built, built_once, copy_tree, environ, isolated_env, run, shared_dir
 
 pytestmark = pytest.mark.slow
 
@@ -64,14 +64,9 @@ def set_origin(base: Path) -> Project:
 
 def build_v1(dest: Path) -> None:
     """``released``: pipeline built and committed, remotes added, model@v1.0.0 released and pushed."""
-    from modelshelf.project import init
-
+    build_built(dest)
     with environ(isolated_env(dest / "home")):
-        init(dest / "proj")
         p = Project(dest / "proj")
-        p.commit("scaffold")
-        p.dvc("repro")
-        p.commit("first model")
         run(["git", "init", "-q", "--bare", str(dest / "proj-origin.git")], dest)
         p.git("remote", "add", "origin", str(dest / "proj-origin.git"))
         # Relative: DVC stores it relative to .dvc/config, so a copied tree uses its own store.

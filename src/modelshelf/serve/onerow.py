@@ -23,9 +23,11 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from modelshelf.serve.payload import FLOAT32_MAX
+from modelshelf.serve.runner import answer
 
 if TYPE_CHECKING:
     from modelshelf.onnxcopy import Session
+    from modelshelf.serve.runner import OnnxRunner
 
 _NUMBER = frozenset({float, int})  # not bool: that goes the general way, to be refused
 _NUMBER_OR_NULL = _NUMBER | {type(None)}
@@ -58,8 +60,7 @@ class OneRow:
         for name, buf in zip(session.outputs, self._outputs, strict=True):
             binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(buf))
         self._run = lambda: ort_session.run_with_iobinding(binding)
-        self.regression = schema["task"] == "regression"
-        self._classes = schema.get("classes")
+        self._schema = schema
         self._lock = threading.Lock()
 
     def predict(self, data: Any) -> dict[str, Any] | None:
@@ -89,24 +90,19 @@ class OneRow:
         try:
             self._pack(self._view, 0, *values)  # float → float32 rounds as numpy's astype does
             self._run()
-            outputs = self._outputs
-            result: dict[str, Any] = {"predictions": outputs[0].reshape(-1).tolist()}
-            if not self.regression and len(outputs) > 1:
-                result["classes"] = self._classes
-                result["probabilities"] = outputs[1].tolist()
-            return result
+            return answer(self._outputs, self._schema)  # lists: copies made before the buffers are let go
         finally:
             self._lock.release()
 
 
-def build(session: Session, schema: Mapping[str, Any]) -> OneRow | None:
-    """A lane for ``session`` (warmed up), or None when its graph does not suit one or the
-    lane's answer for a probe row differs from the general path's."""
+def build(runner: OnnxRunner) -> OneRow | None:
+    """A lane for ``runner``'s session (warmed up), or None when its graph does not suit one or
+    the lane's answer for a probe row differs from ``runner.predict``'s."""
     from modelshelf.features import Batch
-    from modelshelf.onnxcopy import feeds
 
+    schema = runner.schema
     try:
-        lane = OneRow(session, schema)
+        lane = OneRow(runner.session, schema)
     except (ValueError, KeyError):
         return None
     names = [f["name"] for f in schema["features"]]
@@ -115,9 +111,7 @@ def build(session: Session, schema: Mapping[str, Any]) -> OneRow | None:
         got = lane.predict({"rows": [probe]})
     except Exception:  # noqa: BLE001 - onnxruntime's errors have no common base worth naming
         return None
-    out = session.run(feeds(Batch.from_columns({n: [v] for n, v in probe.items()}, schema)))
-    want = out[0].reshape(-1).tolist(), (out[1].tolist() if len(out) > 1 and not lane.regression else None)
-    if got is None or (got["predictions"], got.get("probabilities")) != want:
+    if got is None or got != runner.predict(Batch.from_columns({n: [v] for n, v in probe.items()}, schema)):
         return None
     return lane
 

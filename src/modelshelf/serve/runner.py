@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
@@ -34,14 +34,17 @@ class OnnxRunner:
     def predict(self, batch: Batch) -> dict[str, Any]:
         from modelshelf.onnxcopy import feeds
 
-        out = self.session.run(feeds(batch))
-        if self.schema["task"] == "regression":
-            return {"predictions": out[0].reshape(-1).tolist()}
-        result: dict[str, Any] = {"predictions": out[0].reshape(-1).tolist()}
-        if len(out) > 1:
-            result["classes"] = self.schema.get("classes")
-            result["probabilities"] = out[1].tolist()
-        return result
+        return answer(self.session.run(feeds(batch)), self.schema)
+
+
+def answer(outputs: Sequence[Any], schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON answer from a graph's outputs: the predictions, and for a classifier whose
+    graph gives them, the classes and their probabilities."""
+    result: dict[str, Any] = {"predictions": outputs[0].reshape(-1).tolist()}
+    if schema["task"] != "regression" and len(outputs) > 1:
+        result["classes"] = schema.get("classes")
+        result["probabilities"] = outputs[1].tolist()
+    return result
 
 
 class JoblibRunner:
@@ -115,7 +118,7 @@ def load(directory: str | Path, *, allow_version_mismatch: bool = False, max_row
     if isinstance(runner, OnnxRunner):
         from modelshelf.serve import onerow
 
-        lane = onerow.build(runner.session, schema)  # runs the graph both ways: a warm-up too
+        lane = onerow.build(runner)  # runs the graph both ways: a warm-up too
     if lane is None:
         runner.predict(Batch.from_columns(example_columns(schema), schema))  # warm up before anyone depends on it
     return Loaded(card["name"], str(card["version"]), card, runner, parser, orjson.dumps(card),
