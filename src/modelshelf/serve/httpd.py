@@ -17,6 +17,7 @@ requests in progress finish.
 from __future__ import annotations
 
 import errno
+import logging
 import select
 import signal
 import socket
@@ -29,11 +30,15 @@ from modelshelf.errors import ConfigError
 from modelshelf.serve.app import App
 from modelshelf.serve.connection import READ, RECV_SIZE, Connection, Pending
 
+log = logging.getLogger("modelshelf.serve")
+
 IDLE_TIMEOUT = 5.0  # seconds a keep-alive connection may wait for its next request
 STOP_GRACE = 5.0  # seconds requests in progress get to finish on SIGTERM
 WORKERS = 4  # threads for slow answers
 SWEEP = 0.05  # seconds between checks of the connections' deadlines
 ACCEPT_PAUSE = 0.25  # seconds a listener rests when the process is out of file descriptors
+MAX_CONNECTIONS = 1000  # open client connections; past it the least useful one makes room
+FULL_WARNING = 10.0  # seconds between two warnings that the server is full
 # A reload verifies and builds the next version in a worker thread; with Python's default
 # 5 ms switch interval the loop can wait that long for the GIL, which is what the slowest
 # requests during a hot swap would pay.
@@ -44,13 +49,18 @@ class Server:
     """The loop: listeners, connections, worker threads and the stop."""
 
     def __init__(self, app: App, listeners: list[socket.socket] | None = None, *,
-                 keep_alive: float = IDLE_TIMEOUT, workers: int = WORKERS) -> None:
+                 keep_alive: float = IDLE_TIMEOUT, workers: int = WORKERS,
+                 max_connections: int = MAX_CONNECTIONS, access_log: bool = False) -> None:
         self.app = app
         self.idle_timeout = keep_alive
+        self.max_connections = _descriptor_bound(max_connections)
+        self.access = logging.getLogger("modelshelf.serve.access") if access_log else None
+        self._warned_full = -FULL_WARNING
         self.now = time.monotonic()
         self.poller = select.epoll() if hasattr(select, "epoll") else select.poll()  # type: ignore[attr-defined]
         self._ms = not hasattr(select, "epoll")  # poll() takes milliseconds, epoll seconds
         self.connections: dict[int, Connection] = {}
+        app.metrics.open_connections = self.connections.__len__
         self.listeners: dict[int, socket.socket] = {}
         self.paused: dict[int, float] = {}  # listeners not being polled, and until when
         self.stopping = False
@@ -90,6 +100,7 @@ class Server:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = Connection(self, sock)
         self.connections[conn.fd] = conn
+        self.app.metrics.connections_opened += 1
         self.watch(conn, READ)
         return conn
 
@@ -103,10 +114,38 @@ class Server:
         conn.mask = mask
 
     def forget(self, conn: Connection) -> None:
+        if self.connections.get(conn.fd) is not conn:
+            return
         if conn.mask:
-            self.poller.unregister(conn.fd)
+            try:
+                self.poller.unregister(conn.fd)
+            except OSError:
+                pass  # already gone from the poller with its descriptor
             conn.mask = 0
-        self.connections.pop(conn.fd, None)
+        del self.connections[conn.fd]
+
+    def peer_of(self, conn: Connection) -> str:
+        """``host:port`` of a connection's client (for the access log)."""
+        try:
+            addr = conn.sock.getpeername() if conn.sock is not None else None
+        except OSError:
+            return "-"
+        if isinstance(addr, tuple):
+            return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+        return str(addr or "-")
+
+    def _fault(self, conn: Connection | None, exc: BaseException) -> None:
+        """A bug met while handling one connection: log it, count it, close that connection."""
+        self.app.metrics.connection_errors += 1
+        who = self.peer_of(conn) if conn is not None else "the server loop"
+        log.error("error handling %s; closed the connection: %s: %s", who, type(exc).__name__, exc,
+                  exc_info=exc)
+        if conn is not None:
+            try:
+                conn.abort()
+            except Exception:  # noqa: BLE001 - its socket is beyond use; forget it all the same
+                conn.sock = None
+                self.connections.pop(conn.fd, None)
 
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(64):  # a burst of connections, but not forever
@@ -118,7 +157,7 @@ class Server:
                 continue  # the client gave up before we got to it
             except OSError as exc:
                 if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    raise
+                    log.error("accept failed on %s: %s; retrying shortly", listener.getsockname(), exc)
                 # Out of descriptors or memory: the listener stays readable, so polling it would
                 # spin.  Rest it a while; the connections wait in the backlog meanwhile.
                 fd = listener.fileno()
@@ -126,7 +165,37 @@ class Server:
                     self.poller.unregister(fd)
                     self.paused[fd] = self.now + ACCEPT_PAUSE
                 return
+            if len(self.connections) >= self.max_connections and not self._make_room():
+                self._refuse(sock)
+                continue
             self.adopt(sock)
+
+    def _make_room(self) -> bool:
+        """Close the connection least worth keeping (lingering, idle, then a request still
+        arriving after a second); False when every one is busy."""
+        best, rank = None, 0
+        for conn in self.connections.values():
+            r = conn.evictable(self.now)
+            if r > rank or (r == rank and r and best is not None and conn.deadline < best.deadline):
+                best, rank = conn, r
+                if r == 3:
+                    break
+        if best is None:
+            return False
+        self.app.metrics.connections_evicted += 1
+        best.abort()
+        return True
+
+    def _refuse(self, sock: socket.socket) -> None:
+        """Full, and every connection busy: answer 503 at once rather than leave the client waiting."""
+        self.app.metrics.connections_refused += 1
+        if self.now - self._warned_full >= FULL_WARNING:
+            self._warned_full = self.now
+            log.warning("%d connections open, all busy: refusing new ones with 503 (see --max-connections)",
+                        len(self.connections))
+        conn = self.adopt(sock)
+        conn._fail(503, "the server is at its connection limit; retry shortly")
+        conn.flush()
 
     def _resume_accepting(self) -> None:
         for fd in [fd for fd, until in self.paused.items() if until <= self.now]:
@@ -167,9 +236,12 @@ class Server:
         except (BlockingIOError, InterruptedError):
             pass
         while self._done:
-            job = self._done.popleft()
-            if job.conn.sock is not None:
-                job.conn.flush()
+            conn = self._done.popleft().conn
+            if conn.sock is not None:
+                try:
+                    conn.flush()
+                except Exception as exc:  # noqa: BLE001 - one connection's fault is not the server's
+                    self._fault(conn, exc)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -185,7 +257,10 @@ class Server:
         for fd, ev in events:
             conn = conns.get(fd)
             if conn is not None:
-                conn.on_event(ev)
+                try:
+                    conn.on_event(ev)
+                except Exception as exc:  # noqa: BLE001 - one connection's fault is not the server's
+                    self._fault(conn, exc)
             elif fd == wake:
                 self._woken()
             elif fd in self.listeners:
@@ -206,18 +281,33 @@ class Server:
         stop_deadline = 0.0
         while True:
             if self.stop_requested and not self.stopping:
+                log.info("stopping: no new connections; %d open, requests in progress get %gs",
+                         len(self.connections), STOP_GRACE)
                 self._begin_stop()
                 stop_deadline = self.now + STOP_GRACE
-            if self.stopping and (not self.connections or self.now > stop_deadline):
+            if self.stopping and (self.now > stop_deadline
+                                  or all(c.draining for c in self.connections.values())):
                 break
             timed = self.connections or self.stopping or self.paused
-            self.poll_once(max(0.0, next_sweep - self.now) if timed else -1)
-            if self.now >= next_sweep:
-                next_sweep = self.now + SWEEP
-                for conn in [c for c in self.connections.values() if c.deadline <= self.now]:
-                    conn.expire()
+            try:
+                self.poll_once(max(0.0, next_sweep - self.now) if timed else -1)
+                if self.now >= next_sweep:
+                    next_sweep = self.now + SWEEP
+                    self._sweep()
+            except Exception as exc:  # noqa: BLE001 - the loop itself must outlive a bug
+                self._fault(None, exc)
+        left = len(self.connections)
         for conn in list(self.connections.values()):
             conn.abort()
+        log.info("stopped" + (f" ({left} connections closed at the deadline)" if left else ""))
+
+    def _sweep(self) -> None:
+        now = self.now
+        for conn in [c for c in self.connections.values() if c.deadline <= now]:
+            try:
+                conn.expire()
+            except Exception as exc:  # noqa: BLE001
+                self._fault(conn, exc)
 
     def _begin_stop(self) -> None:
         self.stopping = True
@@ -229,7 +319,10 @@ class Server:
         self.listeners.clear()
         self.paused.clear()
         for conn in list(self.connections.values()):
-            conn.shutdown()
+            try:
+                conn.shutdown()
+            except Exception as exc:  # noqa: BLE001
+                self._fault(conn, exc)
 
     def close(self) -> None:
         """Release the sockets, the poller and the worker threads."""
@@ -240,6 +333,19 @@ class Server:
             sock.close()
         self.listeners.clear()
         self.poller.close()
+
+
+def _descriptor_bound(wanted: int) -> int:
+    """``wanted`` connections, or fewer when the process may not open that many descriptors
+    (a few are kept for the listeners, the model's files and the registry's git and DVC)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return wanted
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - 64))
 
 
 def listen(host: str, port: int, backlog: int = 1024) -> list[socket.socket]:
@@ -272,21 +378,43 @@ def listen(host: str, port: int, backlog: int = 1024) -> list[socket.socket]:
     return out
 
 
-def run(app: App, listeners: list[socket.socket], *, keep_alive: float = IDLE_TIMEOUT) -> None:
-    """Serve ``app`` on ``listeners`` (from :func:`listen`) until SIGTERM or SIGINT."""
-    server = Server(app, listeners, keep_alive=keep_alive)
+def run(app: App, listeners: list[socket.socket], *, keep_alive: float = IDLE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS, access_log: bool = False) -> None:
+    """Serve ``app`` on ``listeners`` (from :func:`listen`) until SIGTERM or SIGINT.
+
+    Args:
+        app: what answers.
+        listeners: listening sockets.
+        keep_alive: seconds an idle keep-alive connection stays open.
+        max_connections: open connections at most; a new one past it takes the place of a
+            lingering, idle or slow one, or is answered 503.
+        access_log: log every answer on the ``modelshelf.serve.access`` logger.
+
+    The process-wide settings it changes (the switch interval, the SIGTERM/SIGINT handlers
+    and the signal wake-up descriptor) are restored when it returns.
+    """
+    server = Server(app, listeners, keep_alive=keep_alive, max_connections=max_connections,
+                    access_log=access_log)
+    interval = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL)
     # A signal may land on any thread: its byte on the wake-up socket gets the loop out of poll,
     # and the handler then runs on this (the main) thread.
     wakeup = signal.set_wakeup_fd(server.wake_fd)
-    previous = {sig: signal.signal(sig, lambda _s, _f: server.request_stop()) for sig in (signal.SIGTERM,
-                                                                                          signal.SIGINT)}
-    app.startup()
+
+    def on_stop(signum: int, _frame: object) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        server.request_stop()
+
+    previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        app.startup()
         server.serve_forever()
     finally:
-        app.shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        signal.set_wakeup_fd(wakeup)
-        server.close()
+        try:
+            app.shutdown()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            signal.set_wakeup_fd(wakeup)
+            sys.setswitchinterval(interval)
+            server.close()

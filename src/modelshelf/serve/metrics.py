@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -19,6 +20,12 @@ class Metrics:
         self.latency_sum = 0.0
         self.latency_count = 0
         self._lock = threading.Lock()  # the server's loop and its worker threads both count
+        # counted by the server's loop alone (no lock)
+        self.connections_opened = 0
+        self.connection_errors = 0  # connections closed by a fault met while handling them
+        self.connections_evicted = 0  # closed to make room for a new one (--max-connections)
+        self.connections_refused = 0  # answered 503: full, every connection busy
+        self.open_connections: Callable[[], int] = lambda: 0
 
     def observe(self, path: str, status: int, seconds: float, rows: int = 0) -> None:
         with self._lock:
@@ -65,5 +72,17 @@ class Metrics:
                 "# TYPE modelshelf_model_load_failures_total counter",
                 f"modelshelf_model_load_failures_total {failures}",
                 "# HELP modelshelf_healthy 1 when the last load attempt succeeded.",
-                "# TYPE modelshelf_healthy gauge", f"modelshelf_healthy {int(healthy)}"]
+                "# TYPE modelshelf_healthy gauge", f"modelshelf_healthy {int(healthy)}",
+                "# HELP modelshelf_connections Client connections open now.",
+                "# TYPE modelshelf_connections gauge", f"modelshelf_connections {self.open_connections()}"]
+        for name, value, text in (
+                ("connections_opened", self.connections_opened, "Client connections accepted."),
+                ("connection_errors", self.connection_errors,
+                 "Connections closed by an error met while handling them (logged with a traceback)."),
+                ("connections_evicted", self.connections_evicted,
+                 "Idle, lingering or slow connections closed to make room at --max-connections."),
+                ("connections_refused", self.connections_refused,
+                 "Connections answered 503 at --max-connections, every open one busy.")):
+            out += [f"# HELP modelshelf_{name}_total {text}", f"# TYPE modelshelf_{name}_total counter",
+                    f"modelshelf_{name}_total {value}"]
         return "\n".join(out) + "\n"
