@@ -263,7 +263,7 @@ class Connection:
         else:
             self._write(data)
         if self.server.access is not None:
-            self._log("-", "-", status, len(data), self.started)
+            self._log("-", "-", status, len(data) - data.index(b"\r\n\r\n") - 4, self.started)
 
     def shutdown(self) -> None:
         """Stop: close now when idle, else once the request being read is answered."""
@@ -382,29 +382,35 @@ class Connection:
         except httptools.HttpParserInvalidURLError:
             raise _Refused(400, "malformed request target") from None
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-        head_only = method == b"HEAD"  # answered as GET, without the body
-        request = Request("GET" if head_only else method.decode("latin-1"), path, body, self.authorization,
-                          close, head_only, self.started)
         if close:
             self.closing = True  # nothing after this request is parsed
-        if self.queue or len(self.out) > HIGH_WATER:
-            self.queue.append(request)  # answered when those ahead are sent
+        head_only = method == b"HEAD"  # answered as GET, without the body
+        name = "GET" if head_only else method.decode("latin-1")
+        if self.queue or len(self.out) > HIGH_WATER:  # answered when those ahead are sent
+            self.queue.append(Request(name, path, body, self.authorization, close, head_only, self.started))
+            return
+        result = self.app.handle(name, path, body, self.authorization)
+        if type(result) is tuple and not head_only:  # the common case, inline
+            status, ctype, data = result  # type: ignore[misc]
+            self._write((_head(status, ctype, len(data), close) if status != 405
+                         else _render(result, close, False, path)) + data)  # type: ignore[arg-type]
+            if self.server.access is not None:
+                self._log(name, path, status, len(data), self.started)
         else:
-            self._answer(request)
+            self._answered(Request(name, path, body, self.authorization, close, head_only, self.started), result)
 
     # -- answers ---------------------------------------------------------------------------------
 
     def _answer(self, r: Request) -> None:
-        result = self.app.handle(r.method, r.path, r.body, r.authorization)
+        self._answered(r, self.app.handle(r.method, r.path, r.body, r.authorization))
+
+    def _answered(self, r: Request, result: Reply | Callable[[], Reply]) -> None:
         if type(result) is tuple:
-            if r.head_only or result[0] == 405:
-                data = _render(result, r.close, r.head_only, r.path)  # type: ignore[arg-type]
-            else:
-                status, ctype, body = result  # type: ignore[misc]
-                data = _head(status, ctype, len(body), r.close) + body
+            data = _render(result, r.close, r.head_only, r.path)  # type: ignore[arg-type]
             self._write(data)
             if self.server.access is not None:
-                self._log("HEAD" if r.head_only else r.method, r.path, result[0], len(data), r.started)
+                self._log("HEAD" if r.head_only else r.method, r.path, result[0], len(result[2]),  # type: ignore[index]
+                          r.started)
         else:
             pending = Pending(self, result, r)  # type: ignore[arg-type]
             self.queue.appendleft(pending)  # the oldest answer owed
@@ -427,7 +433,7 @@ class Connection:
                     if self.server.access is not None:
                         r = head.request  # type: ignore[union-attr]
                         self._log("HEAD" if r.head_only else r.method, r.path, head.status,  # type: ignore[union-attr]
-                                  len(data), r.started)
+                                  head.length, r.started)  # type: ignore[union-attr]
                 elif kind is bytes:
                     q.popleft()
                     self._write(head)  # type: ignore[arg-type]
