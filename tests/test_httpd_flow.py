@@ -395,3 +395,15 @@ def test_run_restores_the_process_wide_settings_it_changed() -> None:
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen == {"answer": True, "during": seen["during"], "after": 0.004, "handler": True}
     assert seen["during"] < 0.004
+
+
+def test_a_405_names_the_allowed_methods() -> None:
+    server = Server(App(Holder("unused"), admin_token=None))
+    try:
+        client, _ = _pair(server)
+        client.sendall(b"DELETE /ping HTTP/1.1\r\nHost: t\r\n\r\nPOST /health HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        got = _drain(server, client, lambda r: r.count(b"HTTP/1.1 405") == 2 and r.endswith(b"}"))
+        first, second = got.split(b"HTTP/1.1 405")[1:]
+        assert b"\r\nallow: GET, HEAD\r\n" in first and b"\r\nallow: GET, HEAD\r\n" in second
+    finally:
+        server.close()

@@ -35,12 +35,7 @@ from typing import TYPE_CHECKING
 import httptools
 import orjson
 
-from modelshelf.serve.app import JSON, Reply
-
-try:  # TEMPORARY until app.ALLOW lands
-    from modelshelf.serve.app import ALLOW
-except ImportError:
-    ALLOW: dict[str, bytes] = {}
+from modelshelf.serve.app import ALLOW, JSON, Reply
 
 if TYPE_CHECKING:
     from modelshelf.serve.httpd import Server

@@ -7,29 +7,35 @@ interrupts it.  A version that fails to load is refused; the old one keeps servi
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from typing import TYPE_CHECKING
 
-from modelshelf.errors import ShelfError
+from modelshelf.errors import ConfigError, ShelfError
 from modelshelf.serve.runner import Loaded, load
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+log = logging.getLogger("modelshelf.serve")
+POLL = "poll"  # the reason of a reload by the registry poll: logged only when something happens
+
 
 class Holder:
     """What ``spec`` resolves to, loaded: ``current`` (None until the first load), the last
-    refusal in ``error``, and counts of swaps and refused versions."""
+    refusal in ``error``, and counts of swaps and refused versions.  ``poll`` is how often the
+    server re-resolves ``spec`` (0: never), for reports."""
 
     # A plain class, not a dataclass: creating one costs ~1 ms of the server's timed start-up.
     def __init__(self, spec: str, repo: str | Path = ".", *, allow_version_mismatch: bool = False,
-                 max_rows: int = 10_000) -> None:
+                 max_rows: int = 10_000, poll: float = 0.0) -> None:
         self.spec = spec
         self.repo = repo
         self.allow_version_mismatch = allow_version_mismatch
         self.max_rows = max_rows
+        self.poll = poll
         self.current: Loaded | None = None
         self.error = ""
         self.swaps = 0
@@ -41,36 +47,81 @@ class Holder:
         version = self.current.version if self.current else None
         return f"Holder(spec={self.spec!r}, version={version!r}, error={self.error!r})"
 
-    def reload(self) -> str:
-        """Resolve the spec again; swap if it names another version. Returns what happened."""
+    def reload(self, reason: str = POLL) -> str:
+        """Resolve the spec again; swap if it names another version. Returns what happened.
+
+        Args:
+            reason: what asked for it (``poll``, ``SIGHUP``, ``POST /admin/reload``), for the log.
+
+        Returns:
+            One line: unchanged, serving (and what it was), or refused and why.
+
+        Raises:
+            ShelfError: only on the first load (nothing is served yet, so nothing falls back):
+                the cause's own class, hence the CLI's exit code (ConfigError for an unknown
+                version or stage, IntegrityError, VersionMismatchError, RemoteError, GitError).
+                Once a version is served a refusal is kept in ``error`` and the old one serves on.
+        """
         with self._lock:  # one reload at a time; requests never wait on this lock
             self.checked_at = time.time()
+            first = self.current is None
+            started = time.perf_counter()
             try:
                 directory = self._resolve()
                 if self.current is not None and self._same(directory):
-                    self.error = ""
-                    return f"unchanged: v{self.current.version}"
+                    return self._unchanged(reason)
                 new = load(directory, allow_version_mismatch=self.allow_version_mismatch,
                            max_rows=self.max_rows)
             except ShelfError as exc:
-                return self._refuse(exc.message)
+                if first:
+                    raise
+                return self._refuse(exc.message, reason)
+            except OSError as exc:
+                if first:  # e.g. the fetched copy cannot be written under .dvc/tmp
+                    raise _os_error(exc, self.spec) from exc
+                return self._refuse(f"{type(exc).__name__}: {exc}", reason, exc)
             except Exception as exc:  # noqa: BLE001 - any failure to load must leave the old model serving
-                return self._refuse(f"{type(exc).__name__}: {exc}")
+                if first:
+                    raise  # a bug: the CLI says "internal error"
+                return self._refuse(f"{type(exc).__name__}: {exc}", reason, exc)
             old = self.current
+            ms = (time.perf_counter() - started) * 1000
+            log.info("loaded %s v%s (%s; verified %s) from %s in %.0f ms", new.name, new.version, new.format,
+                     ", ".join(r["file"] for r in new.card["artefacts"].values()), directory, ms,
+                     extra={"model": new.name, "version": new.version, "format": new.format,
+                            "directory": str(directory), "load_ms": round(ms, 1), "reason": reason})
             self.current = new
             self.error = ""
-            if old is not None:
-                self.swaps += 1
-            return f"serving v{new.version} ({new.format})" + (f", was v{old.version}" if old else "")
+            if old is None:
+                return f"serving v{new.version} ({new.format})"
+            self.swaps += 1
+            log.info("swapped v%s → v%s (%s, %s)", old.version, new.version, new.format, reason,
+                     extra={"model": new.name, "version": new.version, "previous": old.version,
+                            "format": new.format, "reason": reason})
+            return f"serving v{new.version} ({new.format}), was v{old.version}"
 
-    def _refuse(self, message: str) -> str:
+    def _unchanged(self, reason: str) -> str:
+        assert self.current is not None
+        outcome = f"unchanged: v{self.current.version}"
+        if self.error:
+            log.info("%s: %s no longer refused; v%s serves on", reason, self.spec, self.current.version)
+        else:
+            log.log(logging.DEBUG if reason == POLL else logging.INFO, "%s: %s", reason, outcome)
+        self.error = ""
+        return outcome
+
+    def _refuse(self, message: str, reason: str, exc: BaseException | None = None) -> str:
+        assert self.current is not None
         error = f"refused {self.spec}: {message}"
-        if error != self.error:  # count a refused version once, not once per poll
+        new = error != self.error
+        if new:  # count a refused version once, not once per poll
             self.failures += 1
         self.error = error
-        if self.current is None:
-            raise RuntimeError(self.error)
-        return self.error
+        if new or reason != POLL:  # a poll repeating the same refusal says nothing new
+            log.log(logging.WARNING if exc is None else logging.ERROR, "%s (%s); still serving v%s",
+                    error, reason, self.current.version, exc_info=exc,
+                    extra={"version": self.current.version, "reason": reason})
+        return error
 
     def _resolve(self) -> str | Path:
         if os.path.exists(self.spec):  # a directory on disk: what resolve() would return, without importing it
@@ -86,3 +137,11 @@ class Holder:
         assert self.current is not None
         return (str(card["version"]) == self.current.version
                 and card["artefacts"] == self.current.card["artefacts"])
+
+
+def _os_error(exc: OSError, spec: str) -> ShelfError:
+    """A file-system failure while resolving ``spec`` at start-up, as the one-line error it is."""
+    where = exc.filename if exc.filename is not None else spec
+    return ConfigError(str(where), f"cannot serve {spec}: {exc.strerror or exc}",
+                       "check the path exists and that this user may read and write it (under systemd: "
+                       "ReadWritePaths= for the project's .dvc/tmp)")

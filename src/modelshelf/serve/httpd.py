@@ -65,6 +65,7 @@ class Server:
         self.paused: dict[int, float] = {}  # listeners not being polled, and until when
         self.stopping = False
         self.stop_requested = False
+        self.stop_reason = "stop requested"
         self.recv_buffer = bytearray(RECV_SIZE)  # every connection reads into it (one thread reads)
         self.recv_view = memoryview(self.recv_buffer)
         self._wake_r, self._wake_w = socket.socketpair()
@@ -281,8 +282,8 @@ class Server:
         stop_deadline = 0.0
         while True:
             if self.stop_requested and not self.stopping:
-                log.info("stopping: no new connections; %d open, requests in progress get %gs",
-                         len(self.connections), STOP_GRACE)
+                log.info("%s: stopping; no new connections, %d open, requests in progress get %gs",
+                         self.stop_reason, len(self.connections), STOP_GRACE)
                 self._begin_stop()
                 stop_deadline = self.now + STOP_GRACE
             if self.stopping and (self.now > stop_deadline
@@ -402,7 +403,7 @@ def run(app: App, listeners: list[socket.socket], *, keep_alive: float = IDLE_TI
     wakeup = signal.set_wakeup_fd(server.wake_fd)
 
     def on_stop(signum: int, _frame: object) -> None:
-        log.info("received %s", signal.Signals(signum).name)
+        server.stop_reason = f"received {signal.Signals(signum).name}"  # logged by the loop, not here
         server.request_stop()
 
     previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
