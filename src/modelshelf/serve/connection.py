@@ -388,7 +388,7 @@ class Connection:
         if type(result) is tuple and not head_only:  # the common case, inline
             status, ctype, data = result  # type: ignore[misc]
             self._write((_head(status, ctype, len(data), close) if status != 405
-                         else _render(result, close, False, path)) + data)  # type: ignore[arg-type]
+                         else _render(result, close, True, path)) + data)  # type: ignore[arg-type]
             if self.server.access is not None:
                 self._log(name, path, status, len(data), self.started)
         else:
