@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from modelshelf.features import Batch
+from modelshelf.serve import payload
 from modelshelf.serve.payload import FLOAT32_MAX, BadRequest, Parser
 
 SCHEMA = {"task": "binary", "features": [
@@ -160,3 +161,148 @@ def test_batch_from_columns_matches_the_parser() -> None:
     built = Batch.from_columns({**columns, "colour": [math.nan if v is None else v for v in columns["colour"]]},
                                SCHEMA)
     _same(built, rows)
+
+
+# --- the body is UTF-8 JSON, and no object holds a key twice -------------------------------------
+
+ROW = {"age": 1, "colour": "red", "mean radius": 2.0, "size": 3, "shape": None}
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le"])
+def test_a_body_in_another_encoding_is_refused(encoding: str) -> None:
+    err = _refusal(json.dumps({"rows": [ROW]}).encode(encoding))
+    assert (err.status, err.message) == (400, "the body must be UTF-8 JSON")
+
+
+@pytest.mark.parametrize("text", [b'"\xff"', b'"\xed\xa0\x80"', b'"\xc0\xae"', b'"bl\xe5"'],
+                         ids=["invalid-byte", "encoded-surrogate", "overlong", "latin-1"])
+def test_invalid_utf8_is_refused_even_where_the_standard_library_would_read_it(text: bytes) -> None:
+    body = json.dumps({"rows": [{**ROW, "colour": "@@"}]}).encode().replace(b'"@@"', text)
+    err = _refusal(body)
+    assert (err.status, err.message) == (400, "the body must be UTF-8 JSON")
+
+
+def test_a_utf8_byte_order_mark_is_ignored() -> None:
+    """RFC 8259 lets a parser ignore it; here it is, for the whole body as for one that needs the
+    standard library (an integer beyond 64 bits)."""
+    for row in (ROW, {**ROW, "size": 10**30}):
+        body = json.dumps({"rows": [row]}).encode()
+        _same(Parser(SCHEMA, 100).parse(b"\xef\xbb\xbf" + body), [row])
+
+
+@pytest.mark.parametrize("where", ["key", "value"])
+def test_an_unpaired_surrogate_escape_is_a_400_that_can_be_encoded(where: str) -> None:
+    row = {**ROW, "@@": 1} if where == "key" else {**ROW, "colour": "@@"}
+    err = _refusal(json.dumps({"rows": [row]}).encode().replace(b'"@@"', b'"\\udc00"'))
+    assert err.status == 400 and "surrogate" in err.message
+    json.dumps(err.body()).encode()  # the answer is encodable
+    paired = json.dumps({"rows": [{**ROW, "colour": "\U0001f600"}]}).encode()  # an escaped pair is fine
+    assert b"\\ud83d\\ude00" in paired and Parser(SCHEMA, 100).parse(paired).categorical["colour"] == ["\U0001f600"]
+
+
+def _twice(body: bytes, after: bytes, member: bytes) -> bytes:
+    """``body`` with ``member`` inserted after the first ``after``."""
+    assert after in body
+    return body.replace(after, after + member, 1)
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    (_twice(json.dumps({"rows": [ROW]}).encode(), b"[{", b'"size": 9, '), "rows[0].size"),
+    (_twice(json.dumps({"rows": [ROW, ROW]}).encode(), b'}, {', b'"shape": "round", '), "rows[1].shape"),
+    (_twice(json.dumps({"rows": [ROW]}).encode(), b'"shape": null', b', "shape": null'), "rows[0].shape"),
+    (json.dumps({"rows": [ROW]}).encode()[:-1] + b', "rows": [' + json.dumps(ROW).encode() + b"]}", "rows"),
+    (_twice(json.dumps({"columns": {k: [v] for k, v in ROW.items()}}).encode(), b'"columns": {', b'"age": [7], '),
+     "columns.age"),
+], ids=["first-row", "second-row", "same-value", "top-level", "columns"])
+def test_a_duplicate_key_is_refused_and_named(body: bytes, field: str) -> None:
+    err = _refusal(body)
+    assert (err.status, err.field, err.message) == (422, field, f"duplicate key '{field.rsplit('.', 1)[-1]}'"
+                                                    if "." in field else "duplicate key 'rows'")
+
+
+COLONS = {"task": "binary", "features": [{"name": "a:b", "kind": "numeric"}, {"name": "c", "kind": "categorical"}]}
+
+
+def test_escaped_colons_are_not_duplicates_and_cannot_hide_one() -> None:
+    """The colon count has its exact check: ``\\u003a`` in a key or value is one colon fewer
+    in the text, which a duplicate elsewhere would make up for."""
+    parser = Parser(COLONS, 100)
+    plain = b'{"rows": [{"a:b": 1, "c": "x:y"}, {"a:b": 2, "c": null}]}'
+    escaped = b'{"rows": [{"a\\u003ab": 1, "c": "x\\u003ay"}, {"a:b": 2, "c": null}]}'
+    for body in (plain, escaped, b'{"columns": {"a\\u003ab": [1, 2], "c": ["x:y", null]}}'):
+        batch = parser.parse(body)
+        assert batch.categorical == {"c": ["x:y", None]} and batch.numeric.tolist() == [[1.0], [2.0]]
+    # one escaped colon, and one duplicate without a colon: the count alone would match
+    hidden = b'{"rows": [{"a:b": 1, "c": "x\\u003ay", "c": "x:y"}, {"a:b": 2, "c": null}]}'
+    hidden_too = b'{"rows": [{"a\\u003ab": 1, "c": "x", "c": "y"}]}'
+    for body in (hidden, hidden_too):
+        with pytest.raises(BadRequest) as info:
+            parser.parse(body)
+        assert (info.value.status, info.value.field) == (422, "rows[0].c")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_duplicates_are_found_wherever_they_are_and_only_then(seed: int) -> None:
+    """Random rows with colons in values; a duplicate member planted in some of them, as the
+    first or the last of its object."""
+    rng = random.Random(500 + seed)
+    rows = [{**_random_row(rng), "colour": rng.choice(["a:b", "::", "plain", None])} for _ in range(rng.randint(1, 30))]
+    texts = [json.dumps(r, separators=rng.choice([(",", ":"), (", ", ": ")])) for r in rows]
+    plant = rng.random() < 0.7
+    if plant:
+        i = rng.randrange(len(rows))
+        name = rng.choice(list(ROW))
+        member = f"{json.dumps(name)}: {json.dumps(rng.choice([1, 'x:y', None]))}"
+        texts[i] = ("{" + member + ", " + texts[i][1:]) if rng.random() < 0.5 else (texts[i][:-1] + ", " + member + "}")
+    body = ('{"rows": [' + ", ".join(texts) + "]}").encode()
+    if plant:
+        err = _refusal(body)
+        assert (err.status, err.field) == (422, f"rows[{i}].{name}")
+    else:
+        _same(Parser(SCHEMA, 100).parse(body), rows)
+
+
+# --- large bodies: decoded in pieces, converted in steps -----------------------------------------
+
+def _large(rows: list[dict[str, Any]], form: str, separators: tuple[str, str]) -> bytes:
+    doc: Any = {"rows": rows} if form == "rows" else {"columns": {n: [r[n] for r in rows] for n in ROW}}
+    return json.dumps(doc, separators=separators).encode()
+
+
+@pytest.mark.parametrize("form", ["rows", "columns"])
+@pytest.mark.parametrize("separators", [(",", ":"), (", ", ": ")], ids=["compact", "spaced"])
+@pytest.mark.parametrize("joints", [0, 50], ids=["plain", "joints-in-strings"])
+def test_a_large_body_decodes_in_pieces_as_at_once(form: str, separators: tuple[str, str], joints: int) -> None:
+    rng = random.Random(3)
+    rows = [_random_row(rng) for _ in range(9000)]
+    for row in rows[::joints or len(rows) + 1]:
+        row["colour"] = "}, {\"x\": 1}, {\"shape\": \"], \""  # what joins two rows or columns, in a string
+    body = _large(rows, form, separators) + b"\n"
+    assert len(body) > 2 * payload.PIECE and len(rows) > 2 * payload.STEP
+    assert payload.loads_large(body) == json.loads(body)
+    _same(Parser(SCHEMA, 10_000).batch(payload.loads_large(body), body), rows)
+    # the first bad value is named as in a small batch, past the first step too
+    rows[2 * payload.STEP + 1]["size"] = "3"
+    err = _refusal(_large(rows, form, separators), max_rows=10_000)
+    i = 2 * payload.STEP + 1
+    assert err.field == (f"rows[{i}].size" if form == "rows" else f"columns.size[{i}]")
+
+
+@pytest.mark.parametrize("body", [
+    b'{"rows": [' + b'{"age": 1}, ' * 30_000 + b'{"age": NaN}]}',
+    b'{"rows": [' + b'{"age": 1}, ' * 30_000 + b'{"age": 1}], "x": 1}',
+    b'{"rows": [' + b'{"age": 1}, ' * 30_000 + b'{"age": 1}]} ]',
+    b'{"rows": [' + b'{"age": 1}, ' * 30_000 + b'{"age": "\\udc00"}]}',
+    b'{"columns": {"age": [' + b"1, " * 60_000 + b'1], "age": [1]}}',
+    '{"rows": [{"age": 1}]}'.encode("utf-16"),
+], ids=["nan", "extra-key", "trailing", "surrogate", "columns-twice", "utf-16"])
+def test_a_large_body_gets_the_verdict_of_a_small_one(body: bytes) -> None:
+    try:
+        whole: Any = ("ok", payload.loads(body))
+    except BadRequest as exc:
+        whole = (exc.status, exc.message)
+    try:
+        pieces: Any = ("ok", payload.loads_large(body))
+    except BadRequest as exc:
+        pieces = (exc.status, exc.message)
+    assert pieces == whole

@@ -352,6 +352,7 @@ def _cases(row: dict[str, float]) -> list[tuple[str, str, str, bytes | None, int
     literal = lambda text: j({"rows": [{**row, second: "@@"}]}).replace(b'"@@"', text)  # noqa: E731
     without = {k: v for k, v in row.items() if k != first}
     pad = j({"rows": [row]})
+    twice = lambda text, after, key: text.replace(after, after + key, 1)  # noqa: E731
     return [
         ("malformed-json", "POST", "/predict", b'{"rows": [', 400, None),
         ("not-json-text", "POST", "/predict", b"hello", 400, None),
@@ -388,10 +389,21 @@ def _cases(row: dict[str, float]) -> list[tuple[str, str, str, bytes | None, int
         ("rows-not-a-list", "POST", "/predict", j({"rows": row}), 422, "rows"),
         ("row-not-an-object", "POST", "/predict", j({"rows": [row, 1]}), 422, "rows[1]"),
         ("empty-columns", "POST", "/predict", j({"columns": {n: [] for n in names}}), 422, "columns"),
+        ("utf-16-body", "POST", "/predict", pad.decode().encode("utf-16"), 400, None),
+        ("utf-16-body-without-bom", "POST", "/predict", pad.decode().encode("utf-16-le"), 400, None),
+        ("invalid-utf-8", "POST", "/predict", literal(b'"\xed\xa0\x80"'), 400, None),
+        ("unpaired-surrogate-escape-in-a-key", "POST", "/predict",
+         j({"rows": [{**row, "@@": 1.0}]}).replace(b'"@@"', b'"\\ud800"'), 400, None),
+        ("duplicate-feature-rows", "POST", "/predict", twice(pad, b"[{", j(first) + b": 1.0, "), 422,
+         f"rows[0].{first}"),
+        ("duplicate-feature-columns", "POST", "/predict",
+         twice(j({"columns": cols1}), b'"columns": {', j(first) + b": [1.0], "), 422, f"columns.{first}"),
+        ("duplicate-rows-key", "POST", "/predict", pad[:-1] + b', "rows": ' + j([row]) + b"}", 422, "rows"),
         ("get-predict", "GET", "/predict", None, 405, None),
         ("put-predict", "PUT", "/predict", j({"rows": [row]}), 405, None),
         ("post-health", "POST", "/health", b"{}", 405, None),
         ("get-admin-reload", "GET", "/admin/reload", None, 405, None),
+        ("delete-ping", "DELETE", "/ping", None, 405, None),
         ("unknown-path", "GET", "/nope", None, 404, None),
         ("unknown-path-post", "POST", "/v1/predict", j({"rows": [row]}), 404, None),
     ]
@@ -413,6 +425,9 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_serving_goes_on(
     assert isinstance(doc, dict) and isinstance(doc.get("error"), str) and doc["error"], doc
     if field is not None:
         assert doc.get("field") == field, doc
+    if status == 405:  # RFC 9110: the methods the route takes, in the header and said in the error
+        allowed = "POST" if path in ("/predict", "/admin/reload") else "GET, HEAD"
+        assert r.headers.get("allow") == allowed and allowed in doc["error"], (r.headers, doc)
     # ... and the server keeps serving.
     good = strict_server.post("/predict", {"rows": [row] * 5})
     assert good.status == 200, good
@@ -580,6 +595,24 @@ def test_openapi_document_describes_the_model(server: Server, module_project: tu
     row = body["oneOf"][0]["properties"]["rows"]["items"]
     assert row["required"] == feature_names(module_project[0].root)
     assert server.get("/model").json()["version"] == "1.0.0"
+    # Every route, with the methods the server takes (HEAD wherever GET is), and its refusals.
+    paths = doc["paths"]
+    assert {p: sorted(ops) for p, ops in paths.items()} == {
+        "/predict": ["post"], "/admin/reload": ["post"],
+        **{p: ["get", "head"] for p in ("/ping", "/health", "/ready", "/model", "/metrics", "/openapi.json")}}
+    for p, ops in paths.items():
+        r = call(server.port, "DELETE", p)
+        assert r.status == 405, (p, r)
+        assert sorted(r.headers["allow"].lower().split(", ")) == sorted(ops), (p, r.headers)
+    predict = paths["/predict"]["post"]
+    assert {"200", "400", "413", "422"} <= set(predict["responses"])
+    columns = body["oneOf"][1]["properties"]["columns"]
+    assert "same length" in columns["description"] and "lengths" in predict["responses"]["422"]["description"]
+    reload = paths["/admin/reload"]["post"]
+    assert {"200", "401", "403", "413"} <= set(reload["responses"])
+    assert reload["security"] == [{"bearer": []}]
+    assert doc["components"]["securitySchemes"]["bearer"] == {**doc["components"]["securitySchemes"]["bearer"],
+                                                              "type": "http", "scheme": "bearer"}
 
 
 def _json_schema(node: Any) -> Any:
@@ -620,29 +653,64 @@ def test_openapi_document_and_validation_agree(kind: str, change: Any, server: S
     assert (r.status == 200) == valid, (kind, "schema-valid" if valid else "schema-invalid", r)
 
 
+def _agrees(doc: dict[str, Any], case: Any, status: int) -> str | None:
+    """Why a /predict answer disagrees with the document (None: it agrees): a body the request
+    schema accepts is answered 200 (columns of one length: the document says so in words),
+    one it refuses gets a 4xx."""
+    import jsonschema
+
+    if case.path != "/predict" or case.method.upper() != "POST" or (case.media_type or "").split(";")[0] \
+            not in ("application/json", ""):
+        return None
+    schema = _json_schema(doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"])
+    try:
+        valid = jsonschema.Draft7Validator(schema).is_valid(case.body)
+    except TypeError:  # not a JSON value
+        return None
+    columns = case.body.get("columns") if valid and isinstance(case.body, dict) else None
+    if isinstance(columns, dict) and len({len(v) for v in columns.values()}) > 1:
+        return None if status == 422 else f"columns of different lengths answered {status}"
+    if valid and status != 200:
+        return f"a body the document accepts answered {status}"
+    if not valid and not 400 <= status < 500:
+        return f"a body the document refuses answered {status}"
+    return None
+
+
 def test_schemathesis_finds_no_server_error(server: Server) -> None:
-    """Schemathesis (positive and negative cases) from the live /openapi.json: never a 5xx."""
+    """Schemathesis (positive and negative cases) from the live /openapi.json: never a 5xx, every
+    answer as the document describes it (status, content type, schema), and /predict accepts
+    what the document allows and refuses what it does not.  1000 examples in CI, 200 here."""
     schemathesis = pytest.importorskip("schemathesis")
+    pytest.importorskip("jsonschema")
     import requests
     from hypothesis import HealthCheck, given, settings
-    from schemathesis.checks import not_a_server_error
+    from schemathesis.checks import (content_type_conformance, not_a_server_error, response_headers_conformance,
+                                     response_schema_conformance, status_code_conformance)
 
     base = f"http://127.0.0.1:{server.port}"
-    schema = schemathesis.openapi.from_dict(server.get("/openapi.json").json())
+    doc = server.get("/openapi.json").json()
+    schema = schemathesis.openapi.from_dict(doc)
     session = requests.Session()
     session.trust_env = False   # no proxy: loopback only
     seen: dict[int, int] = {}
+    methods: set[str] = set()
     strategy = (schema.as_strategy(schemathesis.GenerationMode.POSITIVE)
                 | schema.as_strategy(schemathesis.GenerationMode.NEGATIVE))
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
+              response_schema_conformance]
 
-    @settings(max_examples=200, deadline=None, database=None, derandomize=True,
+    @settings(max_examples=1000 if os.environ.get("CI") else 200, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(case=strategy)
     def fuzz(case: Any) -> None:
         response = case.call(base_url=base, session=session, timeout=30)
         seen[response.status_code] = seen.get(response.status_code, 0) + 1
+        methods.add(case.method.upper())
         assert response.status_code < 500, (case.method, case.path, case.body, response.text[:300])
-        case.validate_response(response, checks=[not_a_server_error])
+        case.validate_response(response, checks=checks)
+        disagreement = _agrees(doc, case, response.status_code)
+        assert disagreement is None, (disagreement, case.body, response.text[:300])
 
     try:
         fuzz()
@@ -650,6 +718,7 @@ def test_schemathesis_finds_no_server_error(server: Server) -> None:
         session.close()
     assert sum(seen.values()) >= 100, seen
     assert seen.get(200, 0) > 0 and any(400 <= s < 500 for s in seen), seen
+    assert {"GET", "HEAD", "POST"} <= methods, methods
     assert server.get("/ping").status == 200
 
 

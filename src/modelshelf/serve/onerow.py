@@ -11,7 +11,8 @@ The lane answers exactly what :meth:`OnnxRunner.predict <modelshelf.serve.runner
 would (checked when it is built, and by the tests on the held-out set); a null is a
 missing value, NaN, as there.  It declines (``None``), and the general path answers, for
 anything else: several rows, columns, a value to explain, a model with categorical features
-or string labels, or a call while another thread holds its buffers.
+or string labels, a body whose colons do not add up (a duplicate key, see
+:func:`~modelshelf.serve.payload.check_unique`), or a call while another thread holds its buffers.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class OneRow:
             raise ValueError("the lane takes graphs with one input of numeric features only")
         ort_session = session.ort
         self.width = len(set(names))
+        # the colons of {"rows": [row]} without duplicates: one a member, and those in the names
+        self._colons = 1 + self.width + sum(n.count(":") for n in set(names))
+        self._escapes = self._colons != 1 + self.width  # \u003a in a name could hide a duplicate
         get = operator.itemgetter(*names)
         self._values = (lambda row: (get(row),)) if len(names) == 1 else get
         self._row = np.zeros((1, len(names)), dtype=np.float32)
@@ -63,8 +67,11 @@ class OneRow:
         self._schema = schema
         self._lock = threading.Lock()
 
-    def predict(self, data: Any) -> dict[str, Any] | None:
-        """The answer for ``{"rows": [one clean row]}``, or None: the general path answers."""
+    def predict(self, data: Any, body: bytes | None = None) -> dict[str, Any] | None:
+        """The answer for ``{"rows": [one clean row]}``, or None: the general path answers.
+
+        ``body``, the text ``data`` was decoded from, is checked for duplicate keys: without
+        it the caller vouches that there were none."""
         if type(data) is not dict or len(data) != 1:
             return None
         rows = data.get("rows")
@@ -85,6 +92,8 @@ class OneRow:
         # min/max compare ints exactly; the bound is the general path's (payload.FLOAT32_MAX)
         if present and not (-FLOAT32_MAX <= min(present) and max(present) <= FLOAT32_MAX):
             return None
+        if body is not None and (body.count(b":") != self._colons or self._escapes and b"\\" in body):
+            return None  # perhaps a duplicate key: the general path finds it
         if not self._lock.acquire(blocking=False):
             return None  # another thread has the buffers: the general path needs none
         try:
