@@ -55,11 +55,11 @@ from test_serve import (  # noqa: F401 - fixtures
     Server,
     call,
     columns_body,
-    free_port,
     held_out,
     module_project,
     parse_metrics,
     rows_body,
+    start_server,
     template_v1,
 )
 
@@ -79,7 +79,6 @@ SEED = int(os.environ.get("SHELF_FUZZ_SEED", "20240612"))
 FUZZ_COUNT = int(os.environ.get("SHELF_FUZZ_COUNT", "4000" if IN_CI else "2000"))
 FUZZ_WALL = 45.0 if IN_CI else 30.0  # seconds of fuzzing at most (it stops early, never fails for it)
 BATCH = 100  # scripts between two checks that the server is alive and right
-STARTUP_DEADLINE = 90.0
 
 SRC = Path(modelshelf.__file__).resolve().parents[1]  # the modelshelf the servers must run
 
@@ -88,32 +87,11 @@ SRC = Path(modelshelf.__file__).resolve().parents[1]  # the modelshelf the serve
 
 
 def spawn(root: Path, env: dict[str, str], logdir: Path, *args: str) -> Server:
-    """``python -m modelshelf.cli serve --model models --poll 0 ARGS`` in ``root``, once /ready."""
-    port = free_port()
-    logdir.mkdir(parents=True, exist_ok=True)
-    log = logdir / f"serve-{port}.log"
+    """``python -m modelshelf.cli serve --model models --poll 0 ARGS`` in ``root``, once /ready:
+    the modelshelf this test imported (a clone's tests run the clone's server)."""
     path = os.pathsep.join([str(SRC), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "modelshelf.cli", "serve", "--model", "models", "--poll", "0",
-                                 *args, "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=root, env={**env, "PYTHONPATH": path}, stdout=out, stderr=subprocess.STDOUT)
-    server = Server(proc, port, log)
-    deadline = time.monotonic() + STARTUP_DEADLINE
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"shelf serve {' '.join(args)} exited {proc.returncode}:\n{server.output()}")
-            try:
-                if call(port, "GET", "/ready", timeout=5).status == 200:
-                    return server
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"shelf serve not ready in {STARTUP_DEADLINE}s:\n{server.output()}")
-            time.sleep(0.05)  # poll interval of a bounded wait, not an ordering sleep
-    except BaseException:
-        server.stop()
-        raise
+    return start_server(root, "--model", "models", "--poll", "0", *args, env={**env, "PYTHONPATH": path},
+                        logdir=logdir, command=(sys.executable, "-m", "modelshelf.cli"))
 
 
 def tail(server: Server, since: int = 0, n: int = 3000) -> str:

@@ -31,7 +31,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -182,13 +182,15 @@ class Server:
                 self.proc.wait(timeout=15)
 
 
-def start_server(cwd: Path, *args: str, env: dict[str, str] | None = None, logdir: Path) -> Server:
-    """``shelf serve ARGS --host 127.0.0.1 --port P`` in ``cwd``; returns once /ready is 200."""
+def start_server(cwd: Path, *args: str, env: dict[str, str] | None = None, logdir: Path,
+                 command: Sequence[str] = (str(BIN / "shelf"),)) -> Server:
+    """``shelf serve ARGS --host 127.0.0.1 --port P`` in ``cwd`` (``command`` runs ``shelf``);
+    returns once /ready is 200."""
     port = free_port()
     logdir.mkdir(parents=True, exist_ok=True)
     log = logdir / f"serve-{port}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(BIN / "shelf"), "serve", *args, "--host", "127.0.0.1", "--port", str(port)],
+        proc = subprocess.Popen([*command, "serve", *args, "--host", "127.0.0.1", "--port", str(port)],
                                 cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = Server(proc, port, log)
     deadline = time.monotonic() + STARTUP_DEADLINE
