@@ -67,8 +67,8 @@ def rescore(root: Path, commit: str, rev: str, prepared: Path,
     """
     from modelshelf import data
     from modelshelf.evaluate import evaluate
-    from modelshelf.registry import Workspace
-    from modelshelf.restore import restore_artefact
+    from modelshelf.registry.core import Workspace
+    from modelshelf.registry.restore import restore_artefact
 
     ws = Workspace.open(root)
     raw = ws.repo.show(commit, ws.card)

@@ -61,7 +61,7 @@ class DriftReport:
 
 def reference(start: str | Path, spec: str | None) -> Reference:
     """The card and verified training profile of the workspace model (``spec`` None) or a release."""
-    from modelshelf.registry import Workspace, open_registry
+    from modelshelf.registry.core import Workspace, open_registry
 
     ws = Workspace.open(start)
     if spec is None:
@@ -121,7 +121,7 @@ def _predict(start: str | Path, ref: Reference, frame: Any) -> Any:
     import pandas as pd
 
     from modelshelf.model import resolve
-    from modelshelf.registry import Workspace
+    from modelshelf.registry.core import Workspace
     from modelshelf.serve.runner import load
 
     if ref.spec is None:

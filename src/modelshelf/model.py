@@ -74,7 +74,7 @@ def resolve(spec: str | Path, repo: str | Path = ".") -> Path:
     path = Path(spec)
     if path.exists() or isinstance(spec, Path) or "/" in str(spec) or str(spec).endswith(".json"):
         return path
-    from modelshelf.restore import fetch
+    from modelshelf.registry.restore import fetch
 
     return fetch(repo, str(spec))
 

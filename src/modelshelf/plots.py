@@ -16,7 +16,7 @@ from modelshelf.errors import ConfigError
 
 if TYPE_CHECKING:
     from modelshelf.profile import DriftResult
-    from modelshelf.registry import Release
+    from modelshelf.registry.core import Release
 
 
 def _pyplot() -> Any:

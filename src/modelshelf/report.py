@@ -90,7 +90,7 @@ def build(root: Path, base: str = "main") -> Report:
     """Judge the workspace candidate of the project at ``root`` against revision ``base``."""
     from modelshelf import baseline as baselines
     from modelshelf.project import stage_options
-    from modelshelf.registry import Workspace, open_registry
+    from modelshelf.registry.core import Workspace, open_registry
 
     ws = Workspace.open(root)
     params = load_params(ws.root / "params.yaml")

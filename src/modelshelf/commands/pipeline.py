@@ -111,7 +111,7 @@ def cmd_show(a: argparse.Namespace) -> int:
     from modelshelf.card import read_card
 
     if a.path is not None and not a.path.exists():  # a version, 'latest' or a stage
-        from modelshelf.registry import Workspace, open_registry
+        from modelshelf.registry.core import Workspace, open_registry
 
         rel = open_registry(Workspace.open()).find(str(a.path))
         if rel.card is None:

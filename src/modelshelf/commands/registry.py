@@ -12,7 +12,7 @@ from modelshelf.commands import Add, number, pushable
 
 
 def cmd_release(a: argparse.Namespace) -> int:
-    from modelshelf.release import release
+    from modelshelf.registry.release import release
 
     done = release(push=a.push, git_remote=a.git_remote, dvc_remote=a.remote, renumber=a.renumber,
                    skip_released=a.skip_released)
@@ -27,7 +27,7 @@ def cmd_release(a: argparse.Namespace) -> int:
 
 
 def cmd_versions(a: argparse.Namespace) -> int:
-    from modelshelf.registry import Workspace, open_registry
+    from modelshelf.registry.core import Workspace, open_registry
 
     reg = open_registry(Workspace.open())
     rows = [r.summary() for r in reversed(reg.releases)]
@@ -54,7 +54,7 @@ def cmd_versions(a: argparse.Namespace) -> int:
 
 
 def cmd_diff(a: argparse.Namespace) -> int:
-    from modelshelf.registry import Workspace, open_registry
+    from modelshelf.registry.core import Workspace, open_registry
 
     reg = open_registry(Workspace.open())
     old, new = reg.find(a.old), reg.find(a.new)
@@ -74,7 +74,7 @@ def cmd_diff(a: argparse.Namespace) -> int:
 
 
 def cmd_promote(a: argparse.Namespace) -> int:
-    from modelshelf.promotion import promote
+    from modelshelf.registry.promotion import promote
 
     done = promote(".", a.version, a.to, push=a.push, git_remote=a.git_remote)
     print(f"assigned {a.to} to v{done.version} ({done.tag})")
@@ -82,15 +82,15 @@ def cmd_promote(a: argparse.Namespace) -> int:
 
 
 def cmd_deprecate(a: argparse.Namespace) -> int:
-    from modelshelf.promotion import deprecate
+    from modelshelf.registry.promotion import deprecate
 
     print(f"deprecated: {deprecate('.', a.version, push=a.push, git_remote=a.git_remote)}")
     return 0
 
 
 def cmd_rollback(a: argparse.Namespace) -> int:
-    from modelshelf.promotion import rollback_stage
-    from modelshelf.restore import rollback
+    from modelshelf.registry.promotion import rollback_stage
+    from modelshelf.registry.restore import rollback
 
     if a.stage:
         if a.version:
@@ -112,7 +112,7 @@ def cmd_rollback(a: argparse.Namespace) -> int:
 
 
 def cmd_get(a: argparse.Namespace) -> int:
-    from modelshelf.restore import get
+    from modelshelf.registry.restore import get
 
     r = get(".", a.version, a.out)
     print(f"fetched v{r.version} into {r.directory} from the {r.source}; sha256 verified against its card")
@@ -120,7 +120,7 @@ def cmd_get(a: argparse.Namespace) -> int:
 
 
 def cmd_gc(a: argparse.Namespace) -> int:
-    from modelshelf.registry import gc
+    from modelshelf.registry.gc import gc
 
     out = gc(".", cloud=a.cloud, dvc_remote=a.remote, dry=a.dry)
     print(out or "nothing to collect; every release's artefacts kept")

@@ -1,13 +1,9 @@
-"""A model registry with no server: git tags are the registry, the DVC remote holds the bytes.
+"""The registry's core: the workspace, the registry read from the git tags, creating and
+fetching tags.
 
 Release ``model@vX.Y.Z`` (annotated, GTO's format) only after the artefacts are proven to
 be in the remote; stages are GTO assignment tags ``model#prod#N``; rollback is a new
 assignment or a verified restore of a release's files.
-
-This module is the core: the workspace, reading the registry from the tags, creating and
-fetching tags, and ``gc``.  Releasing is in :mod:`modelshelf.release`, stage assignment
-and deprecation in :mod:`modelshelf.promotion`, getting a release's files back in
-:mod:`modelshelf.restore`.
 """
 
 from __future__ import annotations
@@ -16,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from modelshelf import remote, tags
+from modelshelf import tags
 from modelshelf.card import CARD_FILE, parse_card
 from modelshelf.errors import ConfigError, GitError
 from modelshelf.gitrepo import GitRepo, TagRecord
@@ -203,24 +199,3 @@ def fetch_tags(ws: Workspace, git_remote: str) -> None:
         lines = proc.stderr.strip().splitlines()
         raise GitError(f"git fetch --tags {git_remote}", lines[-1] if lines else "failed",
                        "fix the remote or the clashing local tag (`git tag -d NAME`), then retry")
-
-
-# --- gc -------------------------------------------------------------------------------------
-
-
-def gc(start: str | Path = ".", *, cloud: bool = False, dvc_remote: str | None = None,
-       dry: bool = False) -> str:
-    """``dvc gc`` keeping the workspace and every tag (so every release's artefacts)."""
-    ws = Workspace.open(start)
-    remotes = ws.repo.run("remote").stdout.split()
-    if cloud and remotes:
-        # Releases this clone has not fetched still own objects in the shared remote.
-        for name in remotes:
-            fetch_tags(ws, name)
-    args = ["gc", "-w", "--all-tags", "-f", *(["--dry"] if dry else [])]
-    if cloud:
-        args += ["-c", *(["-r", dvc_remote] if dvc_remote else [])]
-    proc = remote.dvc(ws.root, *args)
-    if proc.returncode != 0:
-        raise GitError("dvc gc", remote.last_line(proc), "check the repository and remote")
-    return proc.stdout.strip()

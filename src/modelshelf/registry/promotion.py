@@ -11,7 +11,7 @@ from pathlib import Path
 from modelshelf import tags
 from modelshelf.errors import ConfigError, GateFailed, GitError, ReleaseRefused
 from modelshelf.params import load_params
-from modelshelf.registry import Assignment, Workspace, create_tag, open_registry
+from modelshelf.registry.core import Assignment, Workspace, create_tag, open_registry
 
 
 def _policy(ws: Workspace) -> tuple[tuple[str, ...], tuple[str, ...], str]:

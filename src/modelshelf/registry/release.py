@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from modelshelf import artefacts, remote, tags
+from modelshelf import artefacts, dvcrepo, tags
 from modelshelf.card import parse_card
 from modelshelf.errors import GateFailed, ReleaseRefused
-from modelshelf.registry import Workspace, create_tag, fetch_tags, open_registry
+from modelshelf.registry.core import Workspace, create_tag, fetch_tags, open_registry
 from modelshelf.tags import SemVer
 
 RENUMBER_HINT = "run `shelf release --renumber` (add --push to publish) to take the next free version"
@@ -43,7 +43,7 @@ def _check_releasable(ws: Workspace) -> dict[str, Any]:
     if report.get("metrics_sha256") != artefacts.sha256_file(metrics_path) or card.get("metrics") != metrics:
         raise ReleaseRefused(opts["out"], "the gate report, metrics and card disagree (stale gate)",
                              "run `dvc repro` and commit its outputs")
-    changes = remote.pipeline_changes(ws.root)
+    changes = dvcrepo.pipeline_changes(ws.root)
     if changes:
         raise ReleaseRefused("dvc.lock", f"the pipeline is not up to date ({', '.join(sorted(changes))} changed)",
                              "run `dvc repro` and commit its outputs")
@@ -90,9 +90,9 @@ def _renumber(ws: Workspace, card: dict[str, Any], taken: SemVer) -> SemVer:
     card = {**card, "version": str(new),
             "version_bump": f"{part}: renumbered from {old} after v{taken} was released"}
     artefacts.write_json(ws.repo.root / ws.card, card)
-    proc = remote.dvc(ws.root, "commit", "-f", "-q", "serialise")
+    proc = dvcrepo.dvc(ws.root, "commit", "-f", "-q", "serialise")
     if proc.returncode != 0:
-        raise ReleaseRefused("dvc commit", remote.last_line(proc), "fix the pipeline, then retry")
+        raise ReleaseRefused("dvc commit", dvcrepo.last_line(proc), "fix the pipeline, then retry")
     ws.repo.run("add", ws.card, ws.lock)
     ws.repo.run("commit", "-q", "-m", f"Renumber {ws.name} v{old} → v{new}")
     return new
@@ -125,11 +125,11 @@ def release(start: str | Path = ".", *, push: bool = False, git_remote: str = "o
             raise ReleaseRefused(tags.release_tag(ws.name, version), problem, RENUMBER_HINT)
         renumbered_from, version = version, _renumber(ws, card, highest)
         card = _check_releasable(ws)
-    remote.push(ws.root, dvc_remote)
-    missing = remote.missing_in_remote(ws.root, dvc_remote)
+    dvcrepo.push(ws.root, dvc_remote)
+    missing = dvcrepo.missing_in_remote(ws.root, dvc_remote)
     card_dir = ws.repo.root / PurePosixPath(ws.card).parent
     # `dvc status -c` trusts directory manifests; prove each released file's own object is there.
-    missing += remote.missing_objects(ws.root, [card_dir / rec["file"] for rec in card["artefacts"].values()],
+    missing += dvcrepo.missing_objects(ws.root, [card_dir / rec["file"] for rec in card["artefacts"].values()],
                                       dvc_remote)
     if missing:
         raise ReleaseRefused("dvc remote", f"{len(missing)} output(s) missing after push: {missing[0]}",

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from modelshelf import artefacts, remote
+from modelshelf import artefacts, dvcrepo
 from modelshelf.card import CARD_FILE, parse_card
 from modelshelf.errors import ReleaseRefused
-from modelshelf.registry import Release, Workspace, open_registry
+from modelshelf.registry.core import Release, Workspace, open_registry
 from modelshelf.tags import SemVer
 
 
@@ -48,17 +48,17 @@ def restore_artefact(ws: Workspace, rev: str, rec: dict[str, Any], target: Path)
     lock_dir = PurePosixPath(ws.lock).parent
     repo_path = PurePosixPath(ws.card).parent / rec["file"]
     rel_path = str(repo_path.relative_to(lock_dir)) if str(lock_dir) != "." else str(repo_path)
-    md5 = remote.locked_md5(ws.repo, rev, ws.lock, rel_path, ws.root)
+    md5 = dvcrepo.locked_md5(ws.repo, rev, ws.lock, rel_path, ws.root)
     target.parent.mkdir(parents=True, exist_ok=True)
-    return remote.restore(ws.root, rev, rel_path, target, rec["sha256"], md5)
+    return dvcrepo.restore(ws.root, rev, rel_path, target, rec["sha256"], md5)
 
 
 def rollback(start: str | Path, spec: str, *, force: bool = False) -> Restored:
-    """Put the workspace's pipeline state back to a release (see :mod:`modelshelf.checkout`):
+    """Put the workspace's pipeline state back to a release (see :mod:`modelshelf.registry.checkout`):
     its dvc.lock, params, metrics and card from git, its model and data from the DVC cache or
     remote, the model verified against the card.  Refuses to overwrite uncommitted changes
     unless ``force``."""
-    from modelshelf.checkout import checkout
+    from modelshelf.registry.checkout import checkout
 
     ws = Workspace.open(start)
     rel = open_registry(ws).find(spec)

@@ -111,7 +111,7 @@ def _missing_from_cache(repo: GitRepo, root: Path, rev: str, lock: str, tracked:
 
     import yaml
 
-    from modelshelf.remote import cache_file
+    from modelshelf.dvcrepo import cache_file
 
     records = [(lock, "stages")] + [(path, None) for path in sorted(tracked) if path.endswith(".dvc")]
     for path, key in records:
