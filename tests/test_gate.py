@@ -622,7 +622,7 @@ def shifted(p: Project) -> None:
 
 
 def model_cache_object(p: Project) -> Path:
-    from modelshelf.remote import cache_file, locked_md5
+    from modelshelf.dvcrepo import cache_file, locked_md5
 
     md5 = locked_md5(GitRepo(p.root), "main", "dvc.lock", "models/model.joblib", p.root)
     assert md5 is not None

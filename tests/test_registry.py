@@ -716,7 +716,7 @@ def test_restore_keeps_an_intact_cache_object_when_the_card_disagrees(remote_pro
     """A card whose sha256 does not match is refused, but the cache object (its bytes still
     hash to its name) is not deleted on the card's word; a corrupt object is."""
     from modelshelf.errors import IntegrityError
-    from modelshelf.remote import restore
+    from modelshelf.dvcrepo import restore
 
     p = remote_project
     md5 = locked_md5(p, MODEL)
