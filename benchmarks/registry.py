@@ -2,9 +2,9 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/registry.py                    # 5 shelf / 3 gto runs, 5 rollbacks
-    .venv/bin/python benchmarks/registry.py --releases 1500 --versions-runs 7 --gto-runs 3 \\
-        --rollback-runs 9 --json
+    .venv/bin/python benchmarks/registry.py                    # 1,500 releases; 5 shelf / 3 gto runs
+    .venv/bin/python benchmarks/registry.py --releases 100,1500,10000 --versions-runs 7 --gto-runs 3 \\
+        --verify-runs 3 --rollback-runs 9 --json
 
 Everything happens in a fresh temporary directory with its own HOME, no
 system/global git config, a fixed git identity and DVC analytics off; the venv's
@@ -27,7 +27,14 @@ Measured (wall time of the whole command, ``time.perf_counter`` around
    ``gto show --json`` (and with what was generated) on the latest version and on
    the ``prod`` holder.  One discarded run of each, then ``--versions-runs`` (5)
    of ``shelf versions`` and ``--gto-runs`` (3) of ``gto show``, interleaved.
-   Goal: ``gto show`` median / ``shelf versions`` median ≥ 10.
+   Goal: ``gto show`` median / ``shelf versions`` median ≥ 10, at every size given
+   (``--releases 100,1500,10000``: one scaffolded project, copied per size).  ``shelf
+   versions`` includes its checks (the card at each tag names the tag's version; GTO's
+   unassignment, deregistration and deprecation semantics; where ``dvc artifacts get
+   --stage`` would disagree).
+   Then ``--verify-runs`` (3) of ``shelf verify --all`` (every release's tag, card, tag
+   message and artefact objects in the local cache: the releases share one model, so this
+   is the per-release cost plus hashing each distinct object once); it must say "all good".
 2. **Rollback from the local cache**: ``shelf rollback vX`` (the workspace's
    pipeline state back to the release, the model verified) against ``git checkout
    model@vX -- dvc.lock params.yaml metrics models/card.json`` + ``dvc checkout``
@@ -53,6 +60,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -153,10 +161,11 @@ def assigned_versions(releases: int, assignments: int) -> list[int]:
     return sorted(set(picks))
 
 
-def build_many(root: Path, env: Mapping[str, str], releases: int,
+def build_many(root: Path, base: Path, env: Mapping[str, str], releases: int,
                assignments: int) -> tuple[str, str | None, int, float]:
-    """Scaffold, repro, then fast-import the history; return (latest, prod holder, assignments, seconds)."""
-    scaffold(root, env)
+    """Copy the scaffolded ``base``, then fast-import the history; return (latest, prod holder,
+    assignments, seconds)."""
+    shutil.copytree(base, root, symlinks=True)
     card = json.loads((root / CARD).read_text(encoding="utf-8"))
     parent = run(["git", "rev-parse", "HEAD"], root, env)[1].stdout.strip()
     assigned = assigned_versions(releases, assignments)
@@ -176,6 +185,8 @@ def check_versions(root: Path, env: Mapping[str, str], releases: int, latest: st
     shelf = json.loads(run(["shelf", "versions", "--json"], root, env)[1].stdout)
     rows = shelf["versions"]
     check(len(rows) == releases, f"`shelf versions --json` lists {len(rows)} versions, expected {releases}")
+    check(not shelf.get("warnings") and not any(r.get("warning") for r in rows),
+          f"`shelf versions` warns: {(shelf.get('warnings') or [r['warning'] for r in rows if r.get('warning')])[:1]}")
     check(len({r["version"] for r in rows}) == releases, "`shelf versions` lists a version twice")
     check(all(r["metrics"] for r in rows), "`shelf versions` lost a release's card metrics")
     shelf_latest = rows[0]["version"]
@@ -202,6 +213,14 @@ def measure_versions(root: Path, env: Mapping[str, str], shelf_runs: int, gto_ru
 
     ts, tg = interleaved(shelf, gto, shelf_runs, gto_runs)
     return Sample("shelf versions", ts), Sample("gto show", tg)
+
+
+def measure_verify(root: Path, env: Mapping[str, str], runs: int, releases: int) -> Sample:
+    """``shelf verify --all`` (cache only): one discarded run, checked, then ``runs`` timed."""
+    _, proc = run(["shelf", "verify", "--all"], root, env)
+    check(f"{releases} releases" in proc.stdout and "all good" in proc.stdout,
+          f"`shelf verify --all` did not find every release intact:\n{proc.stdout[-400:]}")
+    return Sample("shelf verify --all", [run(["shelf", "verify", "--all"], root, env)[0] for _ in range(runs)])
 
 
 # -- 2. rollback: a project with two real releases -----------------------------------------------
@@ -270,22 +289,45 @@ def measure_rollback(root: Path, env: Mapping[str, str], tag: str,
 
 # -- report --------------------------------------------------------------------------------------
 
-def report(m: Machine, shelf: Sample, gto: Sample, agreed: Mapping[str, Any], import_s: float,
-           rb_shelf: Sample, rb_plain: Sample, rb: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    speedup = gto.median / shelf.median
-    v_ok = speedup >= VERSIONS_GOAL
+@dataclass(frozen=True)
+class Size:
+    """The measurements at one number of releases."""
+
+    releases: int
+    agreed: dict[str, Any]
+    import_s: float
+    shelf: Sample
+    gto: Sample
+    verify: Sample | None
+
+    @property
+    def speedup(self) -> float:
+        return self.gto.median / self.shelf.median
+
+
+def report(m: Machine, sizes: Sequence[Size], rb_shelf: Sample, rb_plain: Sample,
+           rb: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     rb_ratio = rb_shelf.median / rb_plain.median
     r_ok = rb_ratio <= ROLLBACK_GOAL
     lines = [
         f"machine           nproc {m.nproc}, python {m.python}, git {m.git}, dvc {m.dvc}, gto {m.gto}, "
         f"{m.platform}, load {m.load:.2f}",
-        f"repository        {agreed['versions']} releases + {agreed['assignments']} prod assignments, annotated "
-        f"(fast-import {import_s:.2f} s); "
-        f"shelf and gto agree: latest {agreed['latest']}, prod {agreed['prod']}",
-        f"shelf versions    median {shelf.median:.3f} s  min {shelf.min:.3f} s  "
-        f"(gto show median {gto.median:.3f} s  min {gto.min:.3f} s)  "
-        f"gto/shelf {speedup:.1f}×  goal ≥ {VERSIONS_GOAL:g}×  {'OK' if v_ok else 'ABOVE GOAL'}"
-        f"  [{len(shelf.times)}/{len(gto.times)} runs]",
+    ]
+    for z in sizes:
+        ok = z.speedup >= VERSIONS_GOAL
+        lines += [
+            f"repository        {z.agreed['versions']} releases + {z.agreed['assignments']} prod assignments, "
+            f"annotated (fast-import {z.import_s:.2f} s); shelf and gto agree: latest {z.agreed['latest']}, "
+            f"prod {z.agreed['prod']}",
+            f"  shelf versions  median {z.shelf.median:.3f} s  min {z.shelf.min:.3f} s  "
+            f"(gto show median {z.gto.median:.3f} s  min {z.gto.min:.3f} s)  "
+            f"gto/shelf {z.speedup:.1f}×  goal ≥ {VERSIONS_GOAL:g}×  {'OK' if ok else 'ABOVE GOAL'}"
+            f"  [{len(z.shelf.times)}/{len(z.gto.times)} runs]",
+        ]
+        if z.verify is not None:
+            lines.append(f"  verify --all    median {z.verify.median:.3f} s  min {z.verify.min:.3f} s  "
+                         f"({1000 * z.verify.median / z.releases:.2f} ms per release)  [{len(z.verify.times)} runs]")
+    lines += [
         f"shelf rollback    median {rb_shelf.median:.3f} s  min {rb_shelf.min:.3f} s  "
         f"(git checkout + dvc checkout median {rb_plain.median:.3f} s  min {rb_plain.min:.3f} s)  "
         f"ratio {rb_ratio:.2f}  goal ≤ {ROLLBACK_GOAL:g}  {'OK' if r_ok else 'ABOVE GOAL'}"
@@ -295,21 +337,29 @@ def report(m: Machine, shelf: Sample, gto: Sample, agreed: Mapping[str, Any], im
     ]
     result = {
         "machine": asdict(m),
-        "versions": {"shelf": shelf.to_json(), "gto": gto.to_json(), "speedup": round(speedup, 3),
-                     "goal": VERSIONS_GOAL, "ok": v_ok, "repository": dict(agreed),
-                     "fast_import_s": round(import_s, 4)},
+        "versions": [{"releases": z.releases, "shelf": z.shelf.to_json(), "gto": z.gto.to_json(),
+                      "speedup": round(z.speedup, 3), "goal": VERSIONS_GOAL, "ok": z.speedup >= VERSIONS_GOAL,
+                      "repository": dict(z.agreed), "fast_import_s": round(z.import_s, 4),
+                      "verify_all": z.verify.to_json() if z.verify else None} for z in sizes],
         "rollback": {"shelf": rb_shelf.to_json(), "plain": rb_plain.to_json(), "ratio": round(rb_ratio, 4),
                      "goal": ROLLBACK_GOAL, "ok": r_ok, **rb},
     }
     return "\n".join(lines), result
 
 
+def sizes(value: str) -> list[int]:
+    """An argparse type: a comma-separated list of positive numbers of releases."""
+    return [positive(v) for v in value.split(",") if v.strip()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--releases", type=positive, default=1500, help="releases to generate (default 1500)")
+    parser.add_argument("--releases", type=sizes, default=[1500],
+                        help="releases to generate, comma-separated sizes (default 1500)")
     parser.add_argument("--assignments", type=int, default=50, help="prod assignments to generate (default 50)")
     parser.add_argument("--versions-runs", type=positive, default=5, help="`shelf versions` runs (default 5)")
     parser.add_argument("--gto-runs", type=positive, default=3, help="`gto show` runs (default 3)")
+    parser.add_argument("--verify-runs", type=int, default=3, help="`shelf verify --all` runs (default 3; 0: skip)")
     parser.add_argument("--rollback-runs", type=positive, default=5,
                         help="shelf rollback and plain git+dvc runs each (default 5)")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
@@ -321,15 +371,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="modelshelf-bench-") as tmp:
         env = hermetic_env(Path(tmp) / "home")
         m = machine(env)
-        many, two, store = Path(tmp) / "many", Path(tmp) / "two", Path(tmp) / "store"
+        base, two, store = Path(tmp) / "base", Path(tmp) / "two", Path(tmp) / "store"
+        measured: list[Size] = []
         try:
-            print(f"setting up {args.releases} releases in {many} (init, dvc repro, fast-import) …", flush=True)
-            latest, prod, n_assigned, import_s = build_many(many, env, args.releases, args.assignments)
-            print("checking shelf versions --json against gto show --json …", flush=True)
-            agreed = {**check_versions(many, env, args.releases, latest, prod), "assignments": n_assigned}
-            print(f"measuring shelf versions ({args.versions_runs} runs) vs gto show ({args.gto_runs} runs) …",
-                  flush=True)
-            shelf, gto = measure_versions(many, env, args.versions_runs, args.gto_runs)
+            print(f"scaffolding {base} (init, dvc repro) …", flush=True)
+            scaffold(base, env)
+            for n in args.releases:
+                many = Path(tmp) / f"many-{n}"
+                print(f"setting up {n} releases in {many} (copy, fast-import) …", flush=True)
+                latest, prod, n_assigned, import_s = build_many(many, base, env, n, args.assignments)
+                print("checking shelf versions --json against gto show --json …", flush=True)
+                agreed = {**check_versions(many, env, n, latest, prod), "assignments": n_assigned}
+                print(f"measuring shelf versions ({args.versions_runs} runs) vs gto show ({args.gto_runs} runs) …",
+                      flush=True)
+                shelf, gto = measure_versions(many, env, args.versions_runs, args.gto_runs)
+                verify = None
+                if args.verify_runs > 0:
+                    print(f"measuring shelf verify --all ({args.verify_runs} runs) …", flush=True)
+                    verify = measure_verify(many, env, args.verify_runs, n)
+                measured.append(Size(n, agreed, import_s, shelf, gto, verify))
+                shutil.rmtree(many)   # 10,000 releases are a few hundred MB of work tree and packs
             print(f"setting up two releases in {two} (dvc repro, shelf release, twice) …", flush=True)
             old, _new = build_two(two, store, env)
             print(f"measuring shelf rollback vs git checkout + dvc checkout ({args.rollback_runs} runs each) …",
@@ -339,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"benchmark: {exc}", file=sys.stderr)
             return 1
 
-    text, result = report(m, shelf, gto, agreed, import_s, rb_shelf, rb_plain, rb)
+    text, result = report(m, measured, rb_shelf, rb_plain, rb)
     return show(text, result, args.json)
 
 

@@ -332,3 +332,37 @@ def test_gto_simple_assignment_and_created_tags_parse() -> None:
     names = ["model@v1.0.0", "model#prod#4", "model@v1.1.0#2", "other#prod#9", "junk"]
     assert next_counter(names, "model") == 5
     assert next_counter([], "model") == 1
+
+
+# --------------------------------------------------------------------------- GTO's own grammar
+
+GTO_CORPUS = [
+    *(text for text, _ in ROUND_TRIP),
+    "model@vv1.0.0", "model@Vv1.0.0", "model@v1.0.0-rc.1+b.5#3", "model@v1.0.0-01", "model@v1.0.0+",
+    "model#prod!", "model#p#1", "model#-prod#1", "model#prod-#1", "model@deprecated#0",
+    "a@v1.0.0", "a/b/c@v1.0.0", "dir/sub=model#prod#2", "dir=sub=model@v1.0.0", "m@v1.0.0!#12",
+    "model@v1.0.0#", "model@v999999999999.0.0", "model#prod#007", "model #prod#1", "model\t@v1.0.0",
+    "d%ir=model@v1.0.0", "d:ir=model@v1.0.0", "d?x=model#prod#1", "D_Z=model@v1.0.0", "./x=model#prod#1",
+]
+
+
+@pytest.mark.parametrize("text", GTO_CORPUS)
+def test_parse_tag_reads_what_gto_reads(text: str) -> None:
+    """Every tag name GTO's own parser accepts parses to the same event here, and no other."""
+    from gto.constants import Action
+    from gto.tag import parse_name
+
+    theirs = parse_name(text, raise_on_fail=False)
+    ours = parse_tag(text)
+    if not theirs or "action" not in theirs:   # GTO knows `@created` by name only (and then fails)
+        assert ours is None or ours.kind == "create", (text, ours)
+        return
+    assert ours is not None, (text, theirs)
+    kinds = {Action.REGISTER: "release", Action.DEREGISTER: "deregister", Action.ASSIGN: "assign",
+             Action.UNASSIGN: "unassign", Action.DEPRECATE: "deprecate"}
+    assert ours.kind == kinds[theirs["action"]]
+    assert ours.name.replace("=", ":") == theirs["name"]
+    assert ours.stage == theirs.get("stage")
+    assert ours.number == theirs.get("counter")
+    if "version" in theirs:
+        assert f"v{ours.version}" == theirs["version"]

@@ -24,8 +24,8 @@ SEMVER_PATTERN = (
     r"(?:\+(?P<build>[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?"
 )
 _SEMVER_RE = re.compile(rf"^{SEMVER_PATTERN}\Z")
-# The artefact part may carry a monorepo prefix: ``sub/dir=name``.
-_ART = rf"(?:[^=@#!\s]+=)?{NAME_PATTERN}"
+# The artefact part may carry a monorepo prefix: ``sub/dir=name`` (GTO's directory characters).
+_ART = rf"(?:[a-zA-Z0-9\-_./]+=)?{NAME_PATTERN}"
 _RELEASE_RE = re.compile(rf"^(?P<name>{_ART})@v(?P<version>[^@#!\s]+)(?P<bang>!)?(?:#(?P<n>[0-9]+))?\Z")
 _STAGE_RE = re.compile(rf"^(?P<name>{_ART})#(?P<stage>{NAME_PATTERN})(?P<bang>!)?(?:#(?P<n>[0-9]+))?\Z")
 _DEPRECATE_RE = re.compile(rf"^(?P<name>{_ART})@(?P<what>deprecated|created)(?:#(?P<n>[0-9]+))?\Z")
@@ -128,14 +128,24 @@ def parse_tag(text: str) -> Tag | None:
     if m := _DEPRECATE_RE.match(text):
         return Tag("create" if m["what"] == "created" else "deprecate", m["name"], number=_int(m["n"]))
     if m := _RELEASE_RE.match(text):
-        if not SemVer.is_valid(m["version"]):
+        version = _semver_or_none(m["version"])
+        if version is None:
             return None
         kind: Kind = "deregister" if m["bang"] else "release"
-        return Tag(kind, m["name"], SemVer.parse(m["version"]), number=_int(m["n"]))
+        return Tag(kind, m["name"], version, number=_int(m["n"]))
     if m := _STAGE_RE.match(text):
         kind = "unassign" if m["bang"] else "assign"
         return Tag(kind, m["name"], stage=m["stage"], number=_int(m["n"]))
     return None
+
+
+def _semver_or_none(text: str) -> SemVer | None:
+    """``SemVer.parse`` with one regex match, None when not a version (parse_tag's hot path)."""
+    m = _SEMVER_RE.match(text)
+    if not m:
+        return None
+    return SemVer(int(m["major"]), int(m["minor"]), int(m["patch"]),
+                  tuple(m["pre"].split(".")) if m["pre"] else (), m["build"] or "")
 
 
 def release_tag(name: str, version: SemVer) -> str:

@@ -68,12 +68,32 @@ def cmd_gate(a: argparse.Namespace) -> int:
 
         root = a.params.resolve().parent  # an older dvc.yaml has no --prepared: committed baseline
         a.prepared = root / p if (p := stage_options(root, "gate").get("prepared")) else None
-    result = gate(a.params or Path("params.yaml"), a.metrics, None if a.no_write else a.out, a.prepared)
+    result = gate(a.params or Path("params.yaml"), a.metrics, None if a.no_write else a.out, a.prepared,
+                  _gated_candidate(a))
     print(json.dumps(result.to_json(), indent=2) if a.json else result.table())
     if not result.passed:
         raise GateFailed(str(a.out or a.metrics), "the candidate did not clear the gate",
                          "see the table above; nothing will be serialised")
     return 0
+
+
+def _gated_candidate(a: argparse.Namespace) -> Path | None:
+    """The candidate directory the gate judges: ``--candidate``, else the gate stage's
+    ``--candidate`` in dvc.yaml, else the train stage's ``--out`` (the candidate it writes)."""
+    given = getattr(a, "candidate", None)
+    if given is not None:
+        return Path(given)
+    if a.params is None or not (a.params.resolve().parent / "dvc.yaml").is_file():
+        return None
+    from modelshelf.errors import ConfigError
+    from modelshelf.project import stage_options
+
+    root = a.params.resolve().parent
+    try:
+        found = stage_options(root, "gate").get("candidate") or stage_options(root, "train").get("out")
+    except ConfigError:  # no train stage: a hand-written pipeline; serialise will refuse
+        return None
+    return root / found if found else None
 
 
 def cmd_serialise(a: argparse.Namespace) -> int:
@@ -96,6 +116,12 @@ def _model_dir(value: Path | None) -> Path:
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
+    if a.all:
+        return _verify_all(a)
+    if a.remote is not None or a.json:
+        from modelshelf.errors import ConfigError
+
+        raise ConfigError("shelf verify", "--remote and --json go with --all", "e.g. `shelf verify --all --remote`")
     from modelshelf.model import verify
 
     v = verify(_model_dir(a.path), allow_version_mismatch=a.allow_version_mismatch)
@@ -104,6 +130,29 @@ def cmd_verify(a: argparse.Namespace) -> int:
     for dep, (built, running) in v.dependencies.items():
         mark = "✓" if built == running else "!"
         print(f"  {mark} {dep}: built {built}, running {running}")
+    return 0
+
+
+def _verify_all(a: argparse.Namespace) -> int:
+    from modelshelf.errors import ConfigError, IntegrityError
+    from modelshelf.registry.audit import audit
+
+    if a.path is not None:
+        raise ConfigError("shelf verify", "give a PATH or --all, not both", "pick one")
+    done = audit(".", remote=a.remote or None, use_remote=a.remote is not None)
+    if a.json:
+        print(json.dumps(done.to_json(), indent=2))
+    else:
+        for p in done.problems:
+            print(p.line())
+        where = f"the local cache and DVC remote {done.remote or '(default)'}" if a.remote is not None \
+            else "the local cache"
+        print(f"{done.name}: {done.releases} releases, {done.objects} objects checked in {where}: "
+              + ("all good" if done.ok else f"{len(done.problems)} problems")
+              + (f" ({len(done.notes)} objects only in the remote, not in the cache)" if done.notes else ""))
+    if not done.ok:
+        raise IntegrityError("shelf verify --all", f"{len(done.problems)} problems in {done.releases} releases",
+                             "see the lines above; restore the objects from a clone that has them (`dvc push`)")
     return 0
 
 
@@ -204,9 +253,15 @@ def register(add: Add) -> None:
         p.add_argument(f"--{opt}", type=Path, required=True)
     p.add_argument("--profile", type=Path, help="the reference profile the card should point to")
 
-    p = add("verify", cmd_verify, "check a model's sha256 and library versions against its card")
+    p = add("verify", cmd_verify, "check a model's sha256 and library versions against its card, "
+            "or (--all) audit every release")
     p.add_argument("path", nargs="?", type=Path, help="card or directory (default: the dvc.yaml model's)")
     p.add_argument("--allow-version-mismatch", action="store_true")
+    p.add_argument("--all", action="store_true", help="audit every release: tag, card, version, tag message, "
+                   "and every object in the local cache")
+    p.add_argument("--remote", nargs="?", const="", metavar="NAME",
+                   help="with --all: also check every object in the DVC remote NAME (default: the default remote)")
+    p.add_argument("--json", action="store_true", help="with --all: the audit as JSON")
 
     p = add("show", cmd_show, "summarise a model card: the workspace's, a directory's, or a release's")
     p.add_argument("path", nargs="?", type=Path,
