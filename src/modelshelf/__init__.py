@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 def load(card_or_dir: Any, *, repo: Any = ".", allow_version_mismatch: bool = False) -> Model:
     """Load a model verified against its card: a path, or a release ("v1.2.0", "latest", "prod").
 
-    See :func:`modelshelf.model.load`.
+    A release is verified against the card committed at its tag, read from git, never against
+    the card.json of its local copy.  See :func:`modelshelf.model.load`.
     """
     from modelshelf.model import load as _load
 

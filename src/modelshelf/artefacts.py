@@ -117,7 +117,10 @@ def verify(path: str | Path, expected_sha256: str, label: str = "") -> None:
     if not path.is_file():
         raise IntegrityError(str(path), "artefact is missing",
                              "run `dvc pull` (or `dvc repro`) to restore it")
-    actual = sha256_file(path)
+    _check_digest(path, sha256_file(path), expected_sha256, label)
+
+
+def _check_digest(path: Path, actual: str, expected_sha256: str, label: str) -> None:
     if actual != expected_sha256:
         raise IntegrityError(
             str(path),
@@ -134,7 +137,16 @@ def load_verified(path: str | Path, expected_sha256: str, *, sklearn_version: st
     refuse unless ``allow_version_mismatch``; scikit-learn's own
     InconsistentVersionWarning is an error too.
     """
-    verify(path, expected_sha256, label)
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        verify(path, expected_sha256, label)  # raises: missing
+    # Hash and unpickle the same bytes, read once: a file swapped after the check is never loaded.
+    data = path.read_bytes()
+    _check_digest(path, sha256_bytes(data), expected_sha256, label)
+    import io
+
     import joblib
     import sklearn
     from sklearn.exceptions import InconsistentVersionWarning
@@ -149,7 +161,7 @@ def load_verified(path: str | Path, expected_sha256: str, *, sklearn_version: st
         action = "ignore" if allow_version_mismatch else "error"
         warnings.simplefilter(action, InconsistentVersionWarning)  # type: ignore[arg-type]
         try:
-            return joblib.load(path)
+            return joblib.load(io.BytesIO(data))
         except InconsistentVersionWarning as exc:
             raise VersionMismatchError(
                 str(path), f"pickled by scikit-learn {exc.original_sklearn_version}, "

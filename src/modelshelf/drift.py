@@ -120,18 +120,20 @@ def _predict(start: str | Path, ref: Reference, frame: Any) -> Any:
     100,000 rows: plenty for a distribution), through the verified serving runner."""
     import pandas as pd
 
-    from modelshelf.model import resolve
+    from modelshelf.model import locate
     from modelshelf.registry.core import Workspace
     from modelshelf.serve.runner import load
 
+    trusted = None
     if ref.spec is None:
         ws = Workspace.open(start)
         directory = ws.repo.root / PurePosixPath(ws.card).parent
     else:
-        directory = resolve(ref.spec, start)
+        where = locate(ref.spec, start)  # a release: its copy, with the card at its tag
+        directory, trusted = where.directory, where.card
     if not (directory / CARD_FILE).is_file():
         return None
-    loaded = load(directory)
+    loaded = load(directory, card=trusted)
     if len(frame) > PREDICTION_SAMPLE:
         frame = frame.sample(n=PREDICTION_SAMPLE, random_state=0)
     columns = {}

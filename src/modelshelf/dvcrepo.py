@@ -141,6 +141,101 @@ def cache_file(root: Path, md5: str) -> Path:
     return cache_dir(root) / "files" / "md5" / md5[:2] / md5[2:]
 
 
+def repair_rwlock(root: Path) -> bool:
+    """Remove DVC's ``.dvc/tmp/rwlock`` when a DVC killed while writing it left it unreadable.
+
+    DVC truncates and rewrites that small JSON file under its guard lock; a kill -9 in
+    between leaves it empty or cut short, and every later DVC command then refuses to run
+    ("Unable to read RWLock-file") until someone deletes it.  It is checked, and removed,
+    under the same guard lock, so a file a live DVC is writing is never touched.
+
+    Returns:
+        True when a corrupt file was removed.
+    """
+    from dvc.lock import LockError, make_lock
+
+    tmp = root / ".dvc" / "tmp"
+    path = tmp / "rwlock"
+
+    def readable() -> bool:
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return True
+        except (OSError, ValueError):
+            return False
+        return True
+
+    if readable():
+        return False
+    try:
+        with make_lock(str(tmp / "rwlock.lock"), tmp_dir=str(tmp)):
+            if readable():
+                return False
+            path.unlink(missing_ok=True)
+            return True
+    except LockError:  # a live DVC holds it: leave the file to DVC
+        return False
+
+
+def fetch_objects(root: Path, oids: list[str], remote: str | None = None) -> tuple[list[str], list[str]]:
+    """Copy objects from the DVC remote into the local cache, each verified before it lands.
+
+    DVC 3 names an object by the md5 of its bytes (a directory manifest: that md5 + ``.dir``).
+    Each object is downloaded to a temporary file in the cache, hashed, and renamed into
+    place only when it hashes to its name, so a corrupt remote never poisons the cache.
+    The remote is the workspace's (``dvc fetch --rev`` would read a revision's config, and
+    resolves a relative remote URL there against ``/``).
+
+    Args:
+        root: the DVC project.
+        oids: the objects to fetch.
+        remote: the DVC remote (default: the project's default remote).
+
+    Returns:
+        ``(missing, corrupt)``: the oids the remote lacks, and those whose bytes there do not
+        hash to their name (neither is written to the cache).
+
+    Raises:
+        RemoteError: no such remote, or it cannot be read.
+    """
+    import tempfile
+
+    from dvc.repo import Repo
+
+    missing: list[str] = []
+    corrupt: list[str] = []
+    try:
+        repo = Repo(str(root))
+        try:
+            odb = repo.cloud.get_remote_odb(remote, "fetch")
+            for oid in oids:
+                dest = cache_file(root, oid)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+                os.close(fd)
+                tmp = Path(name)
+                try:
+                    try:
+                        odb.fs.get_file(odb.oid_to_path(oid), name)
+                    except FileNotFoundError:
+                        missing.append(oid)
+                        continue
+                    if _md5_file(tmp) != oid.removesuffix(".dir"):
+                        corrupt.append(oid)
+                        continue
+                    tmp.chmod(0o444)  # as DVC protects its cache objects
+                    os.replace(tmp, dest)
+                finally:
+                    tmp.unlink(missing_ok=True)
+        finally:
+            repo.close()
+    except Exception as exc:  # noqa: BLE001 - DVC and fsspec raise many kinds
+        raise RemoteError("dvc remote", f"cannot fetch objects ({type(exc).__name__}: {str(exc)[:200]})",
+                          "check `dvc remote list` and that the remote is reachable") from None
+    return missing, corrupt
+
+
 def restore(root: Path, rev: str, path: str, dest: Path, sha256: str, md5: str | None) -> str:
     """Write the bytes of DVC-tracked ``path`` at ``rev`` to ``dest``, verified against ``sha256``.
 

@@ -69,14 +69,56 @@ def verify(card_or_dir: str | Path, *, allow_version_mismatch: bool = False) -> 
     return Verification(card["name"], card["version"], tuple(checked), deps)
 
 
-def resolve(spec: str | Path, repo: str | Path = ".") -> Path:
-    """A path as given, or, for ``vX.Y.Z``/``latest``/a stage name, a verified local copy of that release."""
-    path = Path(spec)
-    if path.exists() or isinstance(spec, Path) or "/" in str(spec) or str(spec).endswith(".json"):
-        return path
+@dataclass(frozen=True)
+class Located:
+    """What a spec names: the directory holding the artefacts, and the card to verify them by.
+
+    For a release the card is the one committed at its tag, read from git (``release`` names
+    the tag); for a path it is the ``card.json`` the caller named (``release`` is None).
+    """
+
+    directory: Path
+    card: dict[str, Any]
+    release: str | None = None
+
+
+def _is_path(spec: str | Path) -> bool:
+    return isinstance(spec, Path) or Path(spec).exists() or "/" in str(spec) or str(spec).endswith(".json")
+
+
+def locate(spec: str | Path, repo: str | Path = ".") -> Located:
+    """A path as given with its card, or, for ``vX.Y.Z``/``latest``/a stage, a verified local
+    copy of that release with the card at its tag (see :func:`modelshelf.registry.restore.fetch`).
+
+    Args:
+        spec: a ``card.json``, the directory holding it, or a release of the project at ``repo``.
+        repo: a path inside the project whose registry resolves a release.
+
+    Returns:
+        The directory and the card its artefacts must match.
+
+    Raises:
+        IntegrityError: no card at the path, or no bytes matching the release's card;
+        ConfigError: an unknown version or stage; RemoteError: the bytes are nowhere.
+    """
+    if _is_path(spec):
+        card, directory = _card_dir(spec)
+        return Located(directory, card)
     from modelshelf.registry.restore import fetch
 
-    return fetch(repo, str(spec))
+    done = fetch(repo, str(spec))
+    return Located(done.directory, done.card, done.release.tag)
+
+
+def resolve(spec: str | Path, repo: str | Path = ".") -> Path:
+    """The directory of :func:`locate` (a path as given, or a verified copy of a release).
+
+    Prefer :func:`locate`: a caller that reads ``card.json`` from a release's copy trusts a
+    file anyone who can write ``.dvc/tmp`` can replace; the card :func:`locate` returns is git's.
+    """
+    if _is_path(spec):
+        return Path(spec)
+    return locate(spec, repo).directory
 
 
 def load(card_or_dir: str | Path, *, repo: str | Path = ".", allow_version_mismatch: bool = False) -> Model:
@@ -84,9 +126,17 @@ def load(card_or_dir: str | Path, *, repo: str | Path = ".", allow_version_misma
 
     ``card_or_dir`` is a ``card.json``, the directory holding it (e.g. ``models/``), or a
     release of the project at ``repo``: ``"v1.2.0"``, ``"latest"`` or a stage such as ``"prod"``.
+    A release is verified against the card at its tag, read from git, never against the
+    ``card.json`` of its local copy.
+
+    Raises:
+        IntegrityError: bytes that do not match the card (nothing is unpickled);
+        VersionMismatchError: another scikit-learn than the card's; ConfigError: unknown release.
     """
-    card, directory = _card_dir(resolve(card_or_dir, repo))
+    where = locate(card_or_dir, repo)
+    card, directory = where.card, where.directory
     rec = card["artefacts"]["model"]
+    # load_verified hashes the very file it then unpickles, against the trusted card's sha256.
     estimator = artefacts.load_verified(
         directory / rec["file"], rec["sha256"],
         sklearn_version=card["dependencies"].get("scikit-learn"),

@@ -25,10 +25,12 @@ def predict_csv(spec: str, source: Path, output: Path, *, repo: Path = Path(".")
     import numpy as np
     import pandas as pd
 
-    from modelshelf.model import resolve
+    from modelshelf.model import locate
     from modelshelf.serve.runner import load
 
-    loaded = load(resolve(spec, repo), allow_version_mismatch=allow_version_mismatch, max_rows=0)
+    # A release's bytes are verified against the card at its tag, not its copy's card.json.
+    where = locate(spec, repo)
+    loaded = load(where.directory, card=where.card, allow_version_mismatch=allow_version_mismatch, max_rows=0)
     schema = loaded.card["input_schema"]
     cats = {f["name"]: object for f in schema["features"] if f["kind"] == "categorical"}
     try:

@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from modelshelf.errors import ConfigError, ShelfError
 from modelshelf.serve.runner import Loaded, load
@@ -67,10 +67,10 @@ class Holder:
             first = self.current is None
             started = time.perf_counter()
             try:
-                directory = self._resolve()
-                if self.current is not None and self._same(directory):
+                directory, card = self._resolve()
+                if self.current is not None and self._same(directory, card):
                     return self._unchanged(reason)
-                new = load(directory, allow_version_mismatch=self.allow_version_mismatch,
+                new = load(directory, card=card, allow_version_mismatch=self.allow_version_mismatch,
                            max_rows=self.max_rows)
             except ShelfError as exc:
                 if first:
@@ -123,17 +123,21 @@ class Holder:
                     extra={"version": self.current.version, "reason": reason})
         return error
 
-    def _resolve(self) -> str | Path:
+    def _resolve(self) -> tuple[str | Path, dict[str, Any] | None]:
+        """The directory to load and, for a release, the card at its tag (read from git): the
+        only card its bytes are verified against.  A directory brings its own card (None here)."""
         if os.path.exists(self.spec):  # a directory on disk: what resolve() would return, without importing it
-            return self.spec  # (nor pathlib: see artefacts.py)
-        from modelshelf.model import resolve
+            return self.spec, None  # (nor pathlib: see artefacts.py)
+        from modelshelf.model import locate
 
-        return resolve(self.spec, self.repo)
+        where = locate(self.spec, self.repo)
+        return where.directory, where.card
 
-    def _same(self, directory: str | Path) -> bool:
-        from modelshelf.card import read_card
+    def _same(self, directory: str | Path, card: dict[str, Any] | None) -> bool:
+        if card is None:
+            from modelshelf.card import read_card
 
-        card = read_card(directory)
+            card = read_card(directory)
         assert self.current is not None
         return (str(card["version"]) == self.current.version
                 and card["artefacts"] == self.current.card["artefacts"])

@@ -92,7 +92,8 @@ class Loaded(NamedTuple):
         return self.runner.format
 
 
-def load(directory: str | Path, *, allow_version_mismatch: bool = False, max_rows: int = 10_000) -> Loaded:
+def load(directory: str | Path, *, card: dict[str, Any] | None = None, allow_version_mismatch: bool = False,
+         max_rows: int = 10_000) -> Loaded:
     """Load the version in ``directory``: verify every artefact its card lists, then build and warm up.
 
     Every artefact's sha256 is checked before anything is deserialised, the ones not served
@@ -103,7 +104,9 @@ def load(directory: str | Path, *, allow_version_mismatch: bool = False, max_row
     refuses a scikit-learn other than the card's unless ``allow_version_mismatch``.
 
     Args:
-        directory: holds ``card.json`` and the artefacts it names.
+        directory: holds the artefacts the card names (and, without ``card``, ``card.json``).
+        card: the card to verify against, when the caller holds a trusted one (a release's
+            card read from git at its tag); then ``directory/card.json`` is never read.
         allow_version_mismatch: serve the joblib copy under another scikit-learn.
         max_rows: the most rows one request may carry.
 
@@ -117,8 +120,9 @@ def load(directory: str | Path, *, allow_version_mismatch: bool = False, max_row
     """
     # os.path, not pathlib: see artefacts.py
     card_path = os.path.join(directory, CARD_FILE)
-    card = parse_card(_read(card_path, "no model card here", "serve a directory holding a card.json, or a "
-                                 "release: vX.Y.Z, latest or a stage"), card_path)
+    if card is None:
+        card = parse_card(_read(card_path, "no model card here", "serve a directory holding a card.json, or a "
+                                     "release: vX.Y.Z, latest or a stage"), card_path)
     schema = card["input_schema"]
     records = card["artefacts"]
     served = "onnx" if records.get("onnx") is not None else "model"
