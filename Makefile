@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test venv bench clean bytecode
+.PHONY: run test test-all venv bench clean bytecode
 
 venv: $(STAMP)
 
@@ -29,8 +29,16 @@ run: $(STAMP) bytecode
 	@echo "==> the model card"
 	$(BIN)/shelf show
 
+# `make test` runs the fast suite (under 10 minutes on 2 cores); CI (CI=true, set by .ci/run
+# and by every forge) and `make test-all` add the end-to-end tests marked slow.
+SLOW := $(if $(filter true 1 yes,$(CI)),,-m "not slow")
+
 test: $(STAMP) bytecode
-	@echo "==> running the test suite"
+	@echo "==> running the test suite$(if $(SLOW), (fast: CI=true or make test-all adds the slow tests))"
+	$(BIN)/python -m pytest -n 2 $(SLOW) $(PYTEST_ARGS)
+
+test-all: $(STAMP) bytecode
+	@echo "==> running the whole test suite, slow end-to-end tests included"
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 bench: $(STAMP) bytecode

@@ -66,7 +66,7 @@ def test_new_data_drift_retrain_release_serve_regression_rollback(new_project, s
     assert failed.returncode != 0 and "gate: FAILED" in failed.stdout
     p.git("checkout", "--", ".")
     p.dvc("checkout", "-q")
-    assert p.shelf("release", check=False).returncode == 7   # v1.1.0 exists; nothing new to release
+    assert "already released as model@v1.1.0" in p.shelf("release").stdout   # nothing new to release
     assert "model@v1.2.0" not in p.git("tag", "-l").stdout
 
     # Rolling prod back returns the server to v1.0.0, byte for byte.

@@ -416,3 +416,48 @@ def test_parsed_hyperparams_do_not_alias_the_input() -> None:
     hyper["n_estimators"] = 99
     assert p.train.hyperparams["n_estimators"] == 10
 
+
+
+# --------------------------------------------------------------------------- release.trust, require_signature
+
+
+def test_trust_policy_is_read() -> None:
+    from modelshelf.params import TrustedIdentity, TrustParams
+
+    p = parse_params({"release": {
+        "stages": ["dev", "prod"],
+        "trust": {"keys": ["keys/release.pub", "keys/ci.pub"], "certificates": ["pki/ca.pem"],
+                  "identities": [{"identity": "ci@example.com", "issuer": "https://token.example"}],
+                  "tag_signers": "keys/allowed_signers"},
+        "require_signature": ["prod"]}})
+    assert p.release.trust == TrustParams(keys=("keys/release.pub", "keys/ci.pub"), certificates=("pki/ca.pem",),
+                                          identities=(TrustedIdentity("ci@example.com", "https://token.example"),),
+                                          tag_signers="keys/allowed_signers")
+    assert p.release.require_signature == ("prod",)
+    assert parse_params({"release": {"trust": {"keys": ["k.pub"]}, "require_signature": True}}
+                        ).release.require_signature is True
+    assert ReleaseParams().require_signature is False and ReleaseParams().trust.empty
+
+
+@pytest.mark.parametrize(("release", "where", "words"), [
+    ({"trust": {"key": ["k.pub"]}}, "release.trust.key", "did you mean 'keys'?"),
+    ({"trust": {"keys": "k.pub"}}, "release.trust.keys", "expected a list of file paths"),
+    ({"trust": {"keys": ["../outside.pub"]}}, "release.trust.keys[0]", "not a path inside the project"),
+    ({"trust": {"keys": ["/etc/ssl/k.pub"]}}, "release.trust.keys[0]", "not a path inside the project"),
+    ({"trust": {"certificates": [""]}}, "release.trust.certificates[0]", "non-empty string"),
+    ({"trust": {"identities": [{"identity": "a@b"}]}}, "release.trust.identities[0].issuer", "missing"),
+    ({"trust": {"identities": [{"identity": "a@b", "isuer": "x"}]}}, "release.trust.identities[0].isuer",
+     "did you mean 'issuer'?"),
+    ({"trust": {"identities": {"identity": "a@b"}}}, "release.trust.identities", "expected a list"),
+    ({"require_signature": "yes"}, "release.require_signature", "expected true, false or a list of stages"),
+    ({"require_signature": ["prd"], "trust": {"keys": ["k.pub"]}}, "release.require_signature[0]",
+     "did you mean 'prod'?"),
+    ({"require_signature": True}, "release.require_signature", "release.trust lists no signer"),
+    ({"require_signature": ["prod"], "trust": {"tag_signers": "allowed"}}, "release.require_signature",
+     "release.trust lists no signer"),
+    ({"require_signatures": True}, "release.require_signatures", "did you mean 'require_signature'?"),
+])
+def test_bad_trust_policy_names_the_key(release: dict[str, Any], where: str, words: str) -> None:
+    err = config_error({"release": release})
+    assert err.where == f"params.yaml: {where}", err.message
+    assert words in err.message, err.message

@@ -10,7 +10,7 @@ import difflib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any
 
@@ -55,10 +55,41 @@ class SerialiseParams:
 
 
 @dataclass(frozen=True)
+class TrustedIdentity:
+    """A keyless (Sigstore) signer: the certificate's identity and its OIDC issuer."""
+
+    identity: str
+    issuer: str
+
+
+@dataclass(frozen=True)
+class TrustParams:
+    """``release.trust``: who may sign releases (paths relative to params.yaml's directory).
+
+    ``keys``: EC public keys (PEM); ``certificates``: CA certificates (PEM) that signing
+    certificates must chain to; ``identities``: Sigstore identities; ``tag_signers``: an SSH
+    ``allowed_signers`` file for ``git verify-tag``.
+    """
+
+    keys: tuple[str, ...] = ()
+    certificates: tuple[str, ...] = ()
+    identities: tuple[TrustedIdentity, ...] = ()
+    tag_signers: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        """True when no signer of model files is trusted (``tag_signers`` does not count)."""
+        return not (self.keys or self.certificates or self.identities)
+
+
+@dataclass(frozen=True)
 class ReleaseParams:
     bump: str = "auto"
     stages: tuple[str, ...] = ("dev", "staging", "prod")
     protected_stages: tuple[str, ...] = ("prod",)
+    trust: TrustParams = TrustParams()
+    # False, True (every use of every release) or the stages whose use requires a signature
+    require_signature: bool | tuple[str, ...] = False
 
 
 @dataclass(frozen=True)
@@ -151,6 +182,23 @@ class _Reader:
                                 "use letters, digits, '-', '_' or '/'")
         return tuple(raw)
 
+    def repo_paths(self, raw: Any, path: str) -> tuple[str, ...]:
+        """A list of relative paths that stay inside the project (they are also read from git)."""
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            raise self.fail(path, f"expected a list of file paths, got {raw!r}",
+                            "write it as [keys/release.pub]")
+        return tuple(self.repo_path(item, f"{path}[{i}]") for i, item in enumerate(raw))
+
+    def repo_path(self, value: Any, path: str) -> str:
+        text = self.string(value, path)
+        parts = PurePosixPath(text.replace("\\", "/")).parts
+        if text.startswith(("/", "~")) or ".." in parts or (parts and ":" in parts[0]):
+            raise self.fail(path, f"'{text}' is not a path inside the project",
+                            "give it relative to params.yaml's directory and commit the file")
+        return text
+
     def metric_map(self, raw: Any, path: str, check: Callable[[Any, str], float]) -> Mapping[str, float]:
         out: dict[str, float] = {}
         for name, value in self.mapping(raw, path).items():
@@ -212,8 +260,14 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
         if stage not in stages:
             raise r.fail(f"release.protected_stages[{i}]", f"'{stage}' is not in release.stages",
                          suggest(stage, stages, "stages"))
+    trust = _trust(r, rel.get("trust"))
+    require = _require_signature(r, rel.get("require_signature", False), stages)
+    if require and trust.empty:
+        raise r.fail("release.require_signature", "a signature is required but release.trust lists no signer",
+                     "add release.trust.keys (EC public keys, PEM), certificates or identities")
     release = ReleaseParams(bump=r.string(rel.get("bump", "auto"), "release.bump", BUMPS),
-                            stages=stages, protected_stages=protected)
+                            stages=stages, protected_stages=protected, trust=trust,
+                            require_signature=require)
     dr_raw = r.section(top.get("drift"), "drift", tuple(DriftParams.__dataclass_fields__))
     dd = DriftParams()
     drift = DriftParams(
@@ -225,6 +279,44 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
         raise r.fail("drift.psi_alert", f"{drift.psi_alert} is below drift.psi_warn {drift.psi_warn}",
                      "the alert level must be at least the warning level")
     return Params(data=data, train=train, gate=gate, serialise=serialise, release=release, drift=drift)
+
+
+def _trust(r: _Reader, raw: Any) -> TrustParams:
+    """``release.trust``: keys, certificates, identities, tag_signers."""
+    t = r.section(raw, "release.trust", tuple(TrustParams.__dataclass_fields__))
+    raw_ids = t.get("identities")
+    if raw_ids is not None and not isinstance(raw_ids, list):
+        raise r.fail("release.trust.identities", f"expected a list, got {raw_ids!r}",
+                     "write it as [{identity: you@example.com, issuer: https://accounts.google.com}]")
+    identities = []
+    for i, item in enumerate(raw_ids or []):
+        where = f"release.trust.identities[{i}]"
+        entry = r.section(item, where, ("identity", "issuer"))
+        for key in ("identity", "issuer"):
+            if key not in entry:
+                raise r.fail(f"{where}.{key}", "missing", "give both identity and issuer")
+        identities.append(TrustedIdentity(r.string(entry["identity"], f"{where}.identity"),
+                                          r.string(entry["issuer"], f"{where}.issuer")))
+    signers = t.get("tag_signers")
+    return TrustParams(keys=r.repo_paths(t.get("keys"), "release.trust.keys"),
+                       certificates=r.repo_paths(t.get("certificates"), "release.trust.certificates"),
+                       identities=tuple(identities),
+                       tag_signers=None if signers is None else r.repo_path(signers, "release.trust.tag_signers"))
+
+
+def _require_signature(r: _Reader, raw: Any, stages: tuple[str, ...]) -> bool | tuple[str, ...]:
+    """``release.require_signature``: true, false, or a list of stages from ``release.stages``."""
+    if isinstance(raw, bool):
+        return raw
+    if not isinstance(raw, list):
+        raise r.fail("release.require_signature", f"expected true, false or a list of stages, got {raw!r}",
+                     "e.g. [prod] to require signed releases only where prod is concerned")
+    listed = r.names(raw, "release.require_signature")
+    for i, stage in enumerate(listed):
+        if stage not in stages:
+            raise r.fail(f"release.require_signature[{i}]", f"'{stage}' is not in release.stages",
+                         suggest(stage, stages, "stages"))
+    return listed
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from modelshelf import artefacts
-from modelshelf.card import CARD_FILE, MODEL_FILE, build_card, parse_card, schema_changed, utc_now
+from modelshelf.card import CARD_FILE, MODEL_FILE, build_card, onnx_opsets, parse_card, schema_changed, utc_now
 from modelshelf.errors import ConfigError, DataError, GateFailed
 from modelshelf.gate import GateResult, judge
 from modelshelf.gitrepo import GitRepo
@@ -167,16 +167,26 @@ def read_metrics(path: Path) -> dict[str, Any]:
 
 
 def gate(params_path: Path, metrics_path: Path, out: Path | None,
-         prepared: Path | None = None) -> GateResult:
+         prepared: Path | None = None, candidate: Path | None = None) -> GateResult:
     """Judge the metrics in ``metrics_path``; write the report to ``out`` (if given).
 
     With ``prepared`` (the split the candidate was scored on), the baseline model is
     re-scored on its test split and the candidate compared with that; otherwise, or when
     it cannot be, with the committed baseline metrics (see :mod:`modelshelf.baseline`).
+
+    With ``candidate`` (the train stage's output), the report records the sha256 of the
+    candidate it judged (``candidate_sha256``), checked against its bytes: ``serialise`` and
+    ``shelf release`` refuse any other model.  Without it nothing can be serialised.
+
+    Raises:
+        DataError: unreadable metrics or candidate info.
+        IntegrityError: the candidate's bytes differ from the sha256 its train stage recorded.
+        ConfigError: impossible thresholds, an unknown baseline revision.
     """
     from modelshelf import baseline as baselines
 
     params = load_params(params_path).gate
+    judged = candidate_sha256(candidate) if candidate is not None else None
     metrics = read_metrics(metrics_path)
     task = task_of(k for k, v in metrics.items() if v is not None)
     if task is None:
@@ -189,8 +199,25 @@ def gate(params_path: Path, metrics_path: Path, out: Path | None,
     if out is not None:
         report = result.to_json()
         report["metrics_sha256"] = artefacts.sha256_file(metrics_path)
+        if judged is not None:
+            report["candidate_sha256"] = judged
         artefacts.write_json(out, report)
     return result
+
+
+def candidate_sha256(candidate: Path) -> str:
+    """The sha256 train recorded for ``candidate``'s model, once its bytes are shown to have it.
+
+    Raises:
+        DataError: no readable candidate info.
+        IntegrityError: the model file is missing or its bytes differ.
+    """
+    info = _read_json(candidate / CANDIDATE_INFO, "run `dvc repro train` first")
+    sha = info.get("sha256") if isinstance(info, dict) else None
+    if not isinstance(sha, str):
+        raise DataError(str(candidate / CANDIDATE_INFO), "records no sha256", "rerun `dvc repro train`")
+    artefacts.verify(candidate / CANDIDATE_MODEL, sha, "the candidate info's")
+    return sha
 
 
 @dataclass(frozen=True)
@@ -216,6 +243,14 @@ def serialise(params_path: Path, prepared: Path, candidate: Path, metrics_path: 
     schema = _schema(prepared)
     dataset = _read_json(prepared / DATASET_FILE, "run `dvc repro prepare` first")
     info = _read_json(candidate / CANDIDATE_INFO, "run `dvc repro train` first")
+    gated = report.get("candidate_sha256")
+    if not isinstance(gated, str):
+        raise GateFailed(str(gate_path), "the gate report records no candidate sha256 (an older gate)",
+                         "rerun the gate with its candidate (`dvc repro -f gate`; see `shelf init`'s dvc.yaml)")
+    if info.get("sha256") != gated:
+        raise GateFailed(str(candidate / CANDIDATE_INFO),
+                         f"the candidate (sha256 {str(info.get('sha256'))[:12]}…) is not the one the gate "
+                         f"judged ({gated[:12]}…)", "rerun `dvc repro` so the gate judges this candidate")
 
     root = params_path.resolve().parent
     repo = GitRepo.discover(root)
@@ -239,7 +274,7 @@ def serialise(params_path: Path, prepared: Path, candidate: Path, metrics_path: 
         dataset={k: dataset[k] for k in ("source", "path", "sha256", "rows", "train_rows", "test_rows")},
         algorithm=info["algorithm"], pipeline=info["pipeline"], hyperparams=info["hyperparams"],
         metrics=read_metrics(metrics_path),
-        gate={"passed": True, "baseline": report.get("baseline", {}),
+        gate={"passed": True, "baseline": report.get("baseline", {}), "candidate_sha256": gated,
               "checks": {m: {k: c.get(k) for k in ("value", "threshold", "baseline", "passed")}
                          for m, c in report.get("metrics", {}).items()}},
         input_schema=schema,
@@ -277,7 +312,8 @@ def _export_onnx(params: Any, prepared: Path, candidate: Path, schema: dict[str,
     with artefacts.atomic_output(path, "wb") as fh:
         fh.write(result.data)
     record = artefacts.file_record(path, onnx_dir.parent) | {"format": "onnx", "parity": result.parity}
-    return {"artefact": record, "summary": {"produced": True, "parity": result.parity}}, predictions
+    summary = {"produced": True, "parity": result.parity, "opsets": onnx_opsets(result.data)}
+    return {"artefact": record, "summary": summary}, predictions
 
 
 def _profile_record(repo: GitRepo, profile_path: Path | None, predictions: Any, task: str) -> dict[str, Any]:

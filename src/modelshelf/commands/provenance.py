@@ -1,0 +1,66 @@
+"""``shelf`` subcommands on what a release is made of and who vouches for it: bom (a CycloneDX
+1.6 ML-BOM), env (a requirements file that recreates its environment) and keygen (a signing key)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from modelshelf.commands import Add
+from modelshelf.errors import ConfigError
+
+
+def _emit(text: str, out: str | None, what: str) -> int:
+    """``text`` to stdout (no ``-o`` or ``-o -``) or atomically to the file ``out``."""
+    if out in (None, "-"):
+        sys.stdout.write(text)
+        return 0
+    from modelshelf import artefacts
+
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(str(path), "is a directory", "give a file name, e.g. `-o bom.json`")
+    try:
+        artefacts.write_text(path, text)
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot write it ({exc.strerror or type(exc).__name__})",
+                          "pick a writable path, or `-o -` for stdout") from None
+    print(f"wrote {what} to {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_bom(a: argparse.Namespace) -> int:
+    from modelshelf.registry.bom import bom
+
+    return _emit(bom(".", a.version), a.out, "the CycloneDX 1.6 BOM")
+
+
+def cmd_env(a: argparse.Namespace) -> int:
+    from modelshelf.registry.environment import requirements
+
+    return _emit(requirements(".", a.version), a.out, "the requirements")
+
+
+def cmd_keygen(a: argparse.Namespace) -> int:
+    from modelshelf.registry.signing import generate_keypair
+
+    private, public = generate_keypair(a.directory, a.name)
+    print(f"wrote {private} (keep it secret, out of git) and {public}: commit it and list it in "
+          "params.yaml release.trust.keys, then `shelf release --sign --sign-key " + str(private) + "`")
+    return 0
+
+
+def register(add: Add) -> None:
+    """Add these subcommands and their arguments."""
+    p = add("bom", cmd_bom, "write a release's ML bill of materials (CycloneDX 1.6 JSON) from the card at its tag")
+    p.add_argument("version", help="vX.Y.Z, latest or a stage")
+    p.add_argument("-o", "--out", metavar="FILE", help="write to FILE (atomically) instead of stdout ('-')")
+
+    p = add("env", cmd_env, "print a requirements file that recreates a release's Python environment")
+    p.add_argument("version", help="vX.Y.Z, latest or a stage")
+    p.add_argument("-o", "--out", metavar="FILE", help="write to FILE (atomically) instead of stdout ('-')")
+
+    p = add("keygen", cmd_keygen, "make an EC P-256 key pair for signing releases (shelf release --sign)")
+    p.add_argument("directory", type=Path, help="where to write NAME.key (mode 0600) and NAME.pub")
+    p.add_argument("--name", default="release", help="file name stem (default: release)")
