@@ -1,5 +1,5 @@
 """Signed releases end to end, through the CLI: `shelf release --sign`, then `get`, `load`,
-`predict`, `serve` and `promote` under a trust policy in params.yaml (issue 13).
+`serve` and `promote` under a trust policy in params.yaml (issue 13).
 
 Keys are made here with ``cryptography``; nothing needs a network.  The policy is committed on
 ``main`` (the protected branch: the policy that counts is read there).
@@ -12,24 +12,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import BIN, Project
+from test_signing import write_key
 
 pytestmark = pytest.mark.slow
-
-
-def write_key(directory: Path, name: str) -> tuple[Path, Path]:
-    """An EC P-256 key pair as PEM files ``NAME.key`` and ``NAME.pub``."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    directory.mkdir(parents=True, exist_ok=True)
-    priv, pub = directory / f"{name}.key", directory / f"{name}.pub"
-    priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
-    return priv, pub
 
 
 def trust(p: Project, pub: Path, require: bool | list[str]) -> None:

@@ -60,8 +60,6 @@ def missing_objects(root: Path, files: list[Path], remote: str | None = None) ->
     """
     import hashlib
 
-    from dvc.repo import Repo
-
     oids = {}
     for f in files:
         h = hashlib.md5()  # noqa: S324 - DVC's content address, not a security hash
@@ -69,21 +67,31 @@ def missing_objects(root: Path, files: list[Path], remote: str | None = None) ->
             while chunk := fh.read(1 << 20):
                 h.update(chunk)
         oids[str(f)] = h.hexdigest()
+    def upload(odb: Any) -> list[str]:
+        missing = [f for f, oid in oids.items() if not odb.exists(oid)]
+        for f in missing:
+            odb.fs.put_file(f, odb.oid_to_path(oids[f]))
+        return [f for f in missing if not odb.exists(oids[f])]
+
+    return with_remote_odb(root, remote, "push", upload)
+
+
+def with_remote_odb(root: Path, remote: str | None, mode: str, fn: Any) -> Any:
+    """``fn(odb)`` with the DVC remote's object store (``mode``: ``push`` or ``fetch``);
+    RemoteError when it cannot be opened or asked."""
+    from dvc.repo import Repo
+
     try:
         repo = Repo(str(root))
         try:
-            odb = repo.cloud.get_remote_odb(remote, "push")
-            missing = [f for f, oid in oids.items() if not odb.exists(oid)]
-            for f in missing:
-                odb.fs.put_file(f, odb.oid_to_path(oids[f]))
-            return [f for f in missing if not odb.exists(oids[f])]
+            return fn(repo.cloud.get_remote_odb(remote, mode))
         finally:
             repo.close()
     except RemoteError:
         raise
     except Exception as exc:  # noqa: BLE001 - DVC and fsspec raise many kinds
         raise RemoteError("dvc remote", f"cannot check objects ({type(exc).__name__}: {exc})",
-                          "check the remote is reachable") from None
+                          "check the remote is reachable (`dvc remote list`)") from None
 
 
 def pipeline_changes(root: Path) -> dict[str, Any]:

@@ -378,19 +378,7 @@ def manifest_md5(ws: Workspace, odb: Any, oids: list[str]) -> str | None:
 
 def remote_odb(ws: Workspace, dvc_remote: str | None, fn: Any) -> Any:
     """``fn(odb)`` with the DVC remote's object store, opened read-only; RemoteError when not."""
-    from dvc.repo import Repo
-
-    try:
-        repo = Repo(str(ws.root))
-        try:
-            return fn(repo.cloud.get_remote_odb(dvc_remote, "fetch"))
-        finally:
-            repo.close()
-    except RemoteError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - DVC and fsspec raise many kinds
-        raise RemoteError("dvc remote", f"cannot check objects ({type(exc).__name__}: {exc})",
-                          "check the remote is reachable (`dvc remote list`)") from None
+    return dvcrepo.with_remote_odb(ws.root, dvc_remote, "fetch", fn)
 
 
 def missing_in_remote_at(ws: Workspace, commit: str, card: dict[str, Any],
