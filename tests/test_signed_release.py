@@ -80,6 +80,12 @@ def test_a_signed_release_is_served_and_loaded_and_an_unsigned_or_untrusted_one_
         p.shelf("release", "--push", *(["--sign", "--sign-key", str(key)] if key else []))
     trust(p, trusted_pub, require=True)
 
+    audit = p.shelf("verify", "--all", check=False)  # the audit applies the same policy to every release
+    said = audit.stdout + audit.stderr
+    assert audit.returncode == 4, said
+    assert "model@v1.1.0: signature" in said and "model@v1.2.0: signature" in said, said
+    assert "model@v1.0.0: signature" not in said, said
+
     for spec, words in (("v1.1.0", ("model@v1.1.0", "signed")), ("v1.2.0", ("model@v1.2.0", "trust"))):
         one_line_exit_4(load(p, spec), *words)
         one_line_exit_4(serve_refusal(p, spec), *words)

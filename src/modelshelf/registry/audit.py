@@ -23,7 +23,8 @@ from typing import Any
 import yaml
 
 from modelshelf import dvcrepo, tags
-from modelshelf.errors import RemoteError
+from modelshelf.errors import IntegrityError, RemoteError
+from modelshelf.registry import signing
 from modelshelf.registry.core import Registry, Release, Workspace, open_registry
 
 _MODEL_SHA = "model-sha256:"
@@ -34,7 +35,7 @@ class Problem:
     """One thing wrong with one release."""
 
     tag: str
-    where: str      # "tag", "card", "message", "cache" or "remote"
+    where: str      # "tag", "card", "message", "signature", "cache" or "remote"
     problem: str
     integrity: bool = True   # False: a problem of naming, not of bytes
 
@@ -98,6 +99,7 @@ def audit(start: str | Path = ".", *, remote: str | None = None, use_remote: boo
 def _audit(ws: Workspace, reg: Registry, store: _RemoteStore | None) -> Audit:
     problems: list[Problem] = _tag_problems(ws)
     messages = _messages(ws)
+    policy = signing.TrustPolicy.effective(ws.root)
     objects: dict[str, _Object] = {}
     locks = ws.repo.show_many([f"{r.commit}:{ws.lock}" for r in reg.releases])
     parsed_locks: dict[bytes, dict[str, Any]] = {}
@@ -107,6 +109,7 @@ def _audit(ws: Workspace, reg: Registry, store: _RemoteStore | None) -> Audit:
         if rel.card is None:
             continue
         problems += _message_problems(rel, messages)
+        problems += _signature_problems(ws, rel, messages, policy)
         if raw is None:
             problems.append(Problem(rel.tag, "card", f"no {ws.lock} at this commit: its objects are unknown"))
             continue
@@ -167,6 +170,19 @@ def _messages(ws: Workspace) -> dict[str, str]:
             tag, _, body = record.partition("\0")
             found[tag] = body.rstrip("\0")
     return found
+
+
+def _signature_problems(ws: Workspace, rel: Release, messages: dict[str, str],
+                        policy: signing.TrustPolicy) -> list[Problem]:
+    """The release's signature against the trust policy (the card at the tag's digests); only
+    releases that are signed or must be are checked, so unsigned registries pay nothing."""
+    if signing.BEGIN not in messages.get(rel.tag, "") and not policy.requires(rel.stages):
+        return []
+    try:
+        signing.check_release(ws, rel, policy=policy)
+    except IntegrityError as exc:
+        return [Problem(rel.tag, "signature", exc.problem)]
+    return []
 
 
 def _message_problems(rel: Release, messages: dict[str, str]) -> list[Problem]:
