@@ -58,15 +58,8 @@ def missing_objects(root: Path, files: list[Path], remote: str | None = None) ->
     DVC 3 addresses a file by the md5 of its bytes.  ``dvc push``/``dvc status -c`` assume
     every file of a pushed directory manifest is present; this checks each object itself.
     """
-    import hashlib
+    oids = {str(f): md5_file(f) for f in files}
 
-    oids = {}
-    for f in files:
-        h = hashlib.md5()  # noqa: S324 - DVC's content address, not a security hash
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-        oids[str(f)] = h.hexdigest()
     def upload(odb: Any) -> list[str]:
         missing = [f for f, oid in oids.items() if not odb.exists(oid)]
         for f in missing:
@@ -229,7 +222,7 @@ def fetch_objects(root: Path, oids: list[str], remote: str | None = None) -> tup
                     except FileNotFoundError:
                         missing.append(oid)
                         continue
-                    if _md5_file(tmp) != oid.removesuffix(".dir"):
+                    if md5_file(tmp) != oid.removesuffix(".dir"):
                         corrupt.append(oid)
                         continue
                     tmp.chmod(0o444)  # as DVC protects its cache objects
@@ -258,7 +251,7 @@ def restore(root: Path, rev: str, path: str, dest: Path, sha256: str, md5: str |
                 return "cache"
             # A corrupt object (its bytes no longer hash to its name) would be served again by
             # dvc.api: drop it and fetch the remote's.  An intact one stays, whatever the card says.
-            if _md5_file(cached) != md5:
+            if md5_file(cached) != md5:
                 cached.unlink()
     import hashlib
 
@@ -282,7 +275,8 @@ def restore(root: Path, rev: str, path: str, dest: Path, sha256: str, md5: str |
     return "remote"
 
 
-def _md5_file(path: Path) -> str:
+def md5_file(path: str | Path) -> str:
+    """The md5 of a file's bytes: DVC 3's content address (not a security hash)."""
     import hashlib
 
     h = hashlib.md5(usedforsecurity=False)

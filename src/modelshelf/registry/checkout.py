@@ -38,7 +38,7 @@ from dvc.repo import Repo
 
 from modelshelf import artefacts
 from modelshelf.card import parse_card
-from modelshelf.dvcrepo import cache_file, fetch_objects, locked_md5, repair_rwlock
+from modelshelf.dvcrepo import cache_file, fetch_objects, locked_md5, md5_file, repair_rwlock
 from modelshelf.errors import GitError, IntegrityError, ReleaseRefused, RemoteError
 from modelshelf.gitrepo import GitRepo
 
@@ -231,7 +231,7 @@ def _audit(root: Path, outs: list[tuple[str, str]], label: str) -> list[tuple[st
         if not obj.is_file():
             missing.append((path, md5))
             continue
-        if _md5(obj) != md5.removesuffix(".dir"):
+        if md5_file(obj) != md5.removesuffix(".dir"):
             _discard(obj, label, path)
             missing.append((path, md5))
             continue
@@ -251,14 +251,6 @@ def _discard(obj: Path, label: str, path: str) -> None:
     except OSError as exc:
         raise IntegrityError(f"{label}:{path}", f"the cache object {obj} is corrupt and cannot be removed "
                              f"({exc.strerror})", f"remove it by hand (`rm -f {obj}`) and retry") from None
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_artefact_objects(repo: GitRepo, root: Path, rev: str, label: str, lock: str, card: str,
