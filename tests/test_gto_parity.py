@@ -169,8 +169,10 @@ def test_an_unassignment_hands_the_stage_back_as_gto_reads_it(three: tuple[Proje
     ev.shelf("promote", "v1.1.0", "--to", "staging")
     assert held(compare(p)) == {"prod": "v1.2.0", "staging": "v1.1.0"}
     ev.shelf("rollback", "--stage", "prod")
+    # "the version it held before" is the holder before v1.2.0 as GTO read prod then:
+    # v1.0.0 (GTO had unassigned v1.1.0), not v1.1.0, the previous assignment.
     back = held(compare(p))["prod"]
-    assert back in ("v1.0.0", "v1.1.0")
+    assert back == "v1.0.0"
     ev.gto("unassign", stage="prod", version=back)
     assert held(compare(p))["prod"] == "v1.2.0"
     for version in ("v1.2.0", "v1.1.0", "v1.0.0"):
@@ -284,6 +286,8 @@ def test_mixed_order_of_every_kind_of_event(three: tuple[Project, list[str]]) ->
         seen.append(held(ours))
     # staging: v1.2.0 unassigned → back to v1.1.0 (its assignment stands)
     assert seen[6] == {"prod": "v1.0.0", "staging": "v1.1.0"}
+    # shelf's rollback then gives staging the holder before v1.1.0: v1.2.0 (a toggle)
+    assert seen[7] == {"prod": "v1.0.0", "staging": "v1.2.0"}
     # deprecated (step 11) then re-created by a promotion (12); GTO's unassignment of prod's
     # v1.2.0 (13) hands prod back to v1.0.0
     assert seen[11] == seen[10] | {"dev": "v1.0.0"} and seen[12]["prod"] == "v1.0.0"
@@ -325,6 +329,10 @@ def test_a_tag_whose_card_names_another_version_is_flagged_and_refused(
     assert f"v{reg.find('v1.0.0').version}" == "v1.0.0"
     # promote resolves through find: the bad tag cannot take a stage.
     assert p.shelf("promote", "v1.5.0", "--to", "dev", check=False).returncode == 4
+    # ... but it can be retired, which is what one does with such a tag.
+    assert p.shelf("deprecate", "v1.5.0").returncode == 0
+    assert {r["version"]: r["deprecated"] for r in json.loads(p.shelf("versions", "--json").stdout)["versions"]
+            }["v1.5.0"] is True
 
 
 # --- clones that lack tags ---------------------------------------------------------------------

@@ -120,3 +120,55 @@ def test_a_release_whose_signed_bytes_were_replaced_is_refused(remote_project: P
     shutil.rmtree(p.root / ".dvc" / "tmp" / "modelshelf", ignore_errors=True)
     one_line_exit_4(load(p, "v1.0.0"), "model@v1.0.0")
     one_line_exit_4(serve_refusal(p, "v1.0.0"))
+
+
+def ssh_key(directory: Path, who: str) -> tuple[Path, str]:
+    """An ed25519 SSH key pair; returns the private key and its allowed_signers line."""
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", who, "-f", str(directory / who)],
+                   check=True, capture_output=True)
+    kind, blob = (directory / f"{who}.pub").read_text().split()[:2]
+    return directory / who, f"{who}@example.invalid {kind} {blob}\n"
+
+
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen is not installed")
+def test_tag_signers_make_signed_release_tags_mandatory(remote_project: Project, tmp_path: Path) -> None:
+    """``release.trust.tag_signers``: ``release --sign-tag KEY`` signs the tag with git's SSH
+    signing; an unsigned tag, or one signed by another key, is refused by load, get, serve,
+    promote and ``verify --all``, and ``release`` refuses to make one."""
+    p = remote_project
+    releaser, allowed = ssh_key(tmp_path / "ssh", "releaser")
+    stranger, _ = ssh_key(tmp_path / "ssh", "stranger")
+    (p.root / "keys").mkdir(exist_ok=True)
+    (p.root / "keys" / "allowed_signers").write_text(allowed)
+    p.set_params(release={"trust": {"tag_signers": "keys/allowed_signers"}})
+    p.commit("tag signers")
+
+    refused = p.shelf("release", "--push", check=False)   # would make a tag nothing accepts
+    assert refused.returncode == 7 and "tag_signers" in refused.stderr and "--sign-tag" in refused.stderr
+    assert not p.git("tag", "-l", "model@*").stdout.strip()
+    wrong = p.shelf("release", "--push", "--sign-tag", str(stranger), check=False)
+    assert wrong.returncode == 4 and "allowed signer" in wrong.stderr, wrong.stderr
+    assert not p.git("tag", "-l", "model@*").stdout.strip()   # the refused tag was removed
+
+    p.shelf("release", "--push", "--sign-tag", str(releaser))
+    assert "BEGIN SSH SIGNATURE" in p.git("cat-file", "tag", "model@v1.0.0").stdout
+    assert load(p, "v1.0.0").stdout.strip() == "1.0.0"
+    assert p.shelf("verify", "--all").returncode == 0
+    assert p.run("gto", "show", "--json").returncode == 0    # GTO reads a signed tag as any other
+
+    # Someone with push rights re-creates the tag unsigned, then signed by another key.
+    commit = p.git("rev-list", "-n", "1", "model@v1.0.0").stdout.strip()
+    message = p.git("for-each-ref", "--format=%(contents:body)", "refs/tags/model@v1.0.0").stdout
+    for how, words in ((["-a"], "not signed"), ([*("-c", "gpg.format=ssh", "-c", f"user.signingKey={stranger}"), "-s"],
+                                                 "allowed signer")):
+        p.git("tag", "-d", "model@v1.0.0")
+        p.git(*how[:-1], "tag", how[-1], "model@v1.0.0", "-m", f"Registering artifact model version v1.0.0\n\n{message}",
+              commit)
+        one_line_exit_4(load(p, "v1.0.0"), "model@v1.0.0", words)
+        one_line_exit_4(serve_refusal(p, "v1.0.0"), words)
+        one_line_exit_4(p.shelf("get", "v1.0.0", "-o", str(tmp_path / "out"), check=False), words)
+        assert not (tmp_path / "out").exists()
+        one_line_exit_4(p.shelf("promote", "v1.0.0", "--to", "dev", check=False), words)
+        audit = p.shelf("verify", "--all", check=False)
+        assert audit.returncode == 4 and "model@v1.0.0: signature" in audit.stdout + audit.stderr

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from modelshelf.commands import Add, number, pushable
+from modelshelf.commands import Add, number, path, pushable
 
 
 def cmd_release(a: argparse.Namespace) -> int:
@@ -17,7 +17,7 @@ def cmd_release(a: argparse.Namespace) -> int:
 
     key = KeySpec.from_options(sign=a.sign, key=a.sign_key, cert=a.sign_cert, chain=a.sign_chain)
     done = release(push=a.push, git_remote=a.git_remote, dvc_remote=a.remote, renumber=a.renumber,
-                   skip_released=a.skip_released, sign=key)
+                   skip_released=a.skip_released, sign=key, sign_tag=a.sign_tag)
     for note in done.notes:
         print(note)
     if done.already:
@@ -182,6 +182,8 @@ def register(add: Add) -> None:
                    help="exit 0 when this model (same sha256) is already released (for CI on main)")
     p.add_argument("--sign", action="store_true",
                    help="sign the released files and card (model-signing) with --sign-key or $SHELF_SIGNING_KEY")
+    p.add_argument("--sign-tag", metavar="KEY", nargs="?", const=True, default=None, type=path,
+                   help="sign the git tag too: with SSH private key KEY, or with git's own signing configuration")
     p.add_argument("--sign-key", metavar="PATH", help="EC private key (PEM) to sign with, or 'sigstore' (keyless)")
     p.add_argument("--sign-cert", metavar="PATH", help="the signing certificate for --sign-key")
     p.add_argument("--sign-chain", metavar="PATH", action="append", default=[],

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import gc
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -233,6 +233,32 @@ class Registry:
     def stage_history(self, stage: str) -> list[Assignment]:
         """The assignments and unassignments of ``stage``, oldest first."""
         return [a for a in self.assignments if a.stage == stage]
+
+    def previous_holder(self, stage: str) -> Release | None:
+        """The release that held ``stage`` before its holder took it, as GTO read the stage
+        after each of its events (None: none did).
+
+        Releases deprecated since, or whose card does not back their tag, are passed over,
+        further back.  After a GTO unassignment the holder is the one before, and the
+        unassigned version is what it held before: rolling back twice toggles, as it does
+        after two promotions.
+        """
+        usable = {r.version: r for r in self.releases if not r.deprecated and not r.problem}
+        last: dict[SemVer, Assignment] = {}
+        timeline: list[SemVer | None] = []
+        for event in self.stage_history(stage):   # oldest first
+            if event.at is not None:
+                last[event.at] = event
+            live = [(a.timestamp, a.number, v) for v, a in last.items() if a.kind == "assign" and v in usable]
+            held = max(live, key=lambda t: (t[0], t[1]))[2] if live else None
+            if not timeline or timeline[-1] != held:
+                timeline.append(held)
+        current = self.holder(stage)
+        now = current.version if current is not None else None
+        for held in reversed(timeline):
+            if held is not None and held != now:
+                return usable[held]
+        return None
 
     def holder(self, stage: str) -> Release | None:
         """The release holding ``stage`` as GTO reads it (None: no release holds it)."""
@@ -522,16 +548,19 @@ def _looks_valid(card: dict[str, Any]) -> bool:
 
 
 def create_tag(ws: Workspace, reg: Registry, name: str, message: str, commit: str,
-               check: bool = True) -> subprocess.CompletedProcess[str]:
+               check: bool = True, signed: Sequence[str] | None = None) -> subprocess.CompletedProcess[str]:
     """Create annotated tag ``name``, dated strictly after the model's previous event.
 
     GTO orders events by tagger time at one-second resolution and ignores ``#N``; two
     events in one second would otherwise be ordered differently by GTO and by us.
+    ``signed``: sign the tag (``git tag -s``) with these git options before ``tag`` (``[]``:
+    git's own signing configuration; see :func:`modelshelf.registry.signing.tag_signing_options`).
     """
     import time
 
     when = max(int(time.time()), reg.last_event + 1)
-    return ws.repo.run("tag", "-a", name, "-m", message, commit, check=check,
+    how = ["-a"] if signed is None else [*signed, "-s"]
+    return ws.repo.run(*how[:-1], "tag", how[-1], name, "-m", message, commit, check=check,
                        env={"GIT_COMMITTER_DATE": f"{when} +0000"})
 
 

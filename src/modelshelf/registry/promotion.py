@@ -194,7 +194,8 @@ def promote(start: str | Path, spec: str, stage: str, *, push: bool = False,
 
 def rollback_stage(start: str | Path, stage: str, *, push: bool = False,
                    git_remote: str = "origin") -> Assignment:
-    """Re-assign ``stage`` to the version it held before the current one (a new tag)."""
+    """Re-assign ``stage`` to the version it held before the current one (a new tag): the
+    release that held it before, as GTO read it (:meth:`Registry.previous_holder`)."""
     ws = Workspace.open(start)
     reg = open_registry(ws)
     history = [a.version for a in reg.stage_history(stage) if a.version is not None]
@@ -205,18 +206,18 @@ def rollback_stage(start: str | Path, stage: str, *, push: bool = False,
         if events and events[-1].version is not None and events[-1].tag not in remote_tags(ws, git_remote):
             # A rollback a kill stopped before its push: finish that one, do not roll back further.
             return promote(start, str(events[-1].version), stage, push=True, git_remote=git_remote)
-    current = reg.holder(stage)
-    previous = next((v for v in reversed(history) if current is None or v != current.version), None)
+    previous = reg.previous_holder(stage)
     if previous is None:
-        raise ReleaseRefused(f"stage '{stage}'", "no earlier version held it", "promote a version explicitly")
-    return promote(start, str(previous), stage, push=push, git_remote=git_remote)
+        raise ReleaseRefused(f"stage '{stage}'", "no earlier release held it",
+                             "promote a version explicitly")
+    return promote(start, str(previous.version), stage, push=push, git_remote=git_remote)
 
 
 def deprecate(start: str | Path, spec: str, *, push: bool = False, git_remote: str = "origin") -> str:
     """Mark a version deprecated with GTO's deregistration tag ``name@vX.Y.Z!#N``."""
     ws = Workspace.open(start)
     reg = open_registry(ws)
-    rel = reg.find(spec)
+    rel = reg.find(spec, check=False)   # a tag its card does not back is exactly what to retire
     if rel.deprecated and push:
         remote, local = remote_tags(ws, git_remote), local_tags(ws)
         unpushed = [name for name, oid in local.items() if remote.get(name) != oid

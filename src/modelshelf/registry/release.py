@@ -579,7 +579,8 @@ def _same_model(reg: Registry, model_sha: str, published: set[str] | None) -> li
 
 def release(start: str | Path = ".", *, push: bool = False, git_remote: str = "origin",
             dvc_remote: str | None = None, renumber: bool = False,
-            skip_released: bool = False, sign: signing.KeySpec | None = None) -> Released:
+            skip_released: bool = False, sign: signing.KeySpec | None = None,
+            sign_tag: str | Path | bool | None = None) -> Released:
     """Release the workspace model: push to the DVC remote, prove it is there, tag, optionally push.
 
     No tag is created unless every output is in the DVC remote, and none is pushed before.
@@ -598,6 +599,8 @@ def release(start: str | Path = ".", *, push: bool = False, git_remote: str = "o
         skip_released: report a model already released instead of releasing it again.
         sign: sign the released files and the card with this key (model-signing); the
             bundle goes into the tag message.  Checked against ``release.trust`` first.
+        sign_tag: sign the git tag itself: an SSH private key, or True for git's own signing
+            configuration (required when ``release.trust.tag_signers`` is set).
 
     Returns:
         What was done.
@@ -611,10 +614,12 @@ def release(start: str | Path = ".", *, push: bool = False, git_remote: str = "o
     """
     ws = Workspace.open(start)
     policy = signing.release_preflight(ws.root, sign)  # a key or policy problem stops it before anything
+    tag_options = signing.tag_preflight(ws.repo, policy, sign_tag)
     notes: list[str] = []
     try:
         return _release(ws, notes, push=push, git_remote=git_remote, dvc_remote=dvc_remote,
-                        renumber=renumber, skip_released=skip_released, sign=sign, policy=policy)
+                        renumber=renumber, skip_released=skip_released, sign=sign, policy=policy,
+                        tag_options=tag_options)
     except ShelfError as exc:
         if notes:  # what was repaired before the refusal is said in its one line
             exc.problem = f"{exc.problem} ({'; '.join(notes)})"
@@ -623,7 +628,7 @@ def release(start: str | Path = ".", *, push: bool = False, git_remote: str = "o
 
 def _release(ws: Workspace, notes: list[str], *, push: bool, git_remote: str, dvc_remote: str | None,
              renumber: bool, skip_released: bool, sign: signing.KeySpec | None,
-             policy: signing.TrustPolicy) -> Released:
+             policy: signing.TrustPolicy, tag_options: list[str] | None = None) -> Released:
     notes += _finish_renumber(ws, renumber)
     card = _check_releasable(ws)
     published: set[str] | None = None
@@ -678,13 +683,22 @@ def _release(ws: Workspace, notes: list[str], *, push: bool, git_remote: str, dv
             bundle = signing.sign_release(card_dir, card, sign)
             signing.verify(card_dir, signing.release_files(card), bundle, policy)  # what load will check
             message = signing.embed(message, bundle)
-        made = create_tag(ws, reg, tag, message, head, check=False)
+        made = create_tag(ws, reg, tag, message, head, check=False, signed=tag_options)
         if made.returncode != 0:
             if ws.repo.resolve(f"refs/tags/{tag}") is not None:
                 raise ReleaseRefused(tag, "the tag already exists", RENUMBER_HINT)
             lines = made.stderr.strip().splitlines()  # e.g. a lock file a killed git left behind
+            if tag_options is not None:  # git says why signing failed last
+                raise GitError(f"git tag -s {tag}", lines[-1] if lines else "failed",
+                               "check the tag signing key (--sign-tag KEY, or git's user.signingKey)")
             raise GitError(f"git tag {tag}", lines[0] if lines else "failed",
                            "if no other git command runs here, remove the stale lock file it names and retry")
+        if policy.tag_signers is not None:
+            try:  # what every later use will check: refuse now, not at the first load
+                signing.verify_tag(ws.repo, tag, policy.tag_signers)
+            except ShelfError:
+                ws.repo.run("tag", "-d", tag, check=False)
+                raise
     except ShelfError:
         if renumber_commit is not None and _undo_renumber(ws, renumber_commit):
             notes.append(f"the renumber commit v{renumbered_from} → v{version} was undone")

@@ -575,7 +575,7 @@ class TrustPolicy:
             require = require or False
         theirs_keys = {k.fingerprint for k in other.keys}
         theirs_certs = {c.pem for c in other.certificates}
-        signers = self.tag_signers if self.tag_signers == other.tag_signers else None
+        signers = _common_signers(self.tag_signers, other.tag_signers)
         return TrustPolicy(tuple(k for k in self.keys if k.fingerprint in theirs_keys),
                            tuple(c for c in self.certificates if c.pem in theirs_certs),
                            tuple(i for i in self.identities if i in other.identities),
@@ -713,6 +713,7 @@ def check_release(ws: Workspace, rel: Release, directory: str | Path | None = No
     """
     policy = TrustPolicy.effective(ws.root) if policy is None else policy
     stages = {*rel.stages, *(s for s in (spec, to) if s)}
+    check_tag(ws, rel, policy)
     bundle = bundle_at(ws.repo, rel.tag)
     raw = ws.repo.show(rel.tag, ws.card)
     if raw is None:
@@ -753,12 +754,75 @@ def release_preflight(root: str | Path, key: KeySpec | None) -> TrustPolicy:
     return policy
 
 
+def tag_preflight(repo: GitRepo, policy: TrustPolicy, sign_tag: str | Path | bool | None) -> list[str] | None:
+    """How to sign the release tag (the ``signed`` options of ``create_tag``; None: unsigned).
+
+    ``sign_tag``: an SSH private key, True for git's own signing configuration, or None (git
+    signs anyway when its ``tag.gpgSign`` is true).
+
+    Raises:
+        ReleaseRefused: ``release.trust.tag_signers`` is set and the tag would not be signed.
+        ConfigError: the key cannot be read.
+    """
+    if sign_tag is None or sign_tag is False:
+        configured = repo.run("config", "--bool", "tag.gpgSign", check=False).stdout.strip() == "true"
+        if configured:
+            return []
+        if policy.tag_signers is not None:
+            raise ReleaseRefused("release.trust.tag_signers", "release tags must be signed by an allowed signer",
+                                 "pass --sign-tag KEY (an SSH private key), or set git's tag.gpgSign and user.signingKey")
+        return None
+    return tag_signing_options(None if sign_tag is True else sign_tag)
+
+
 # --- git tag signatures (SSH) --------------------------------------------------------------
+
+_TAG_SIGNATURE_MARKS = ("-----BEGIN SSH SIGNATURE-----", "-----BEGIN PGP SIGNATURE-----")
 
 
 def ssh_signing_args(key: str | Path) -> list[str]:
     """Options to put before ``tag -s`` (``git -c … tag -s …``) to sign a tag with SSH key ``key``."""
     return ["-c", "gpg.format=ssh", "-c", f"user.signingKey={Path(key).resolve()}"]
+
+
+def tag_signing_options(key: str | Path | None) -> list[str]:
+    """The git options for :func:`~modelshelf.registry.core.create_tag`'s ``signed``: SSH key
+    ``key``, or (None) git's own configuration (``gpg.format``, ``user.signingKey``).
+
+    Raises:
+        ConfigError: ``key`` is not a readable file.
+    """
+    if key is None:
+        return []
+    _read(Path(key), "the tag signing key")
+    return ssh_signing_args(key)
+
+
+def tag_is_signed(message: str | None) -> bool:
+    """Whether a tag's message carries git's signature block (SSH or OpenPGP)."""
+    return message is not None and any(m in message for m in _TAG_SIGNATURE_MARKS)
+
+
+def check_tag(ws: Workspace, rel: Release, policy: TrustPolicy) -> str | None:
+    """With ``release.trust.tag_signers`` in the policy, the release tag must be signed by one
+    of them (git's SSH signing); returns git's "Good signature" line, or None when the policy
+    names no tag signers.
+
+    Raises:
+        IntegrityError: the tag is unsigned, or not signed by an allowed signer.
+    """
+    if policy.tag_signers is None:
+        return None
+    return verify_tag(ws.repo, rel.tag, policy.tag_signers)
+
+
+def _common_signers(ours: bytes | None, theirs: bytes | None) -> bytes | None:
+    """The allowed signers both files list (an entry is a whole line); either alone stands."""
+    if ours is None or theirs is None:
+        return ours if theirs is None else theirs
+    mine = [line for line in ours.splitlines() if line.strip() and not line.lstrip().startswith(b"#")]
+    other = {line.strip() for line in theirs.splitlines()}
+    return b"".join(line + b"\n" for line in mine if line.strip() in other)
 
 
 def verify_tag(repo: GitRepo, tag: str, allowed_signers: bytes) -> str:
@@ -771,8 +835,7 @@ def verify_tag(repo: GitRepo, tag: str, allowed_signers: bytes) -> str:
         IntegrityError: the tag is unsigned, or not signed by an allowed signer.
     """
     message = tag_message(repo, tag)
-    if message is None or not any(m in message for m in ("-----BEGIN SSH SIGNATURE-----",
-                                                         "-----BEGIN PGP SIGNATURE-----")):
+    if not tag_is_signed(message):
         raise IntegrityError(tag, "the tag is not signed", "sign release tags with a key in release.trust.tag_signers")
     with tempfile.TemporaryDirectory(prefix="shelf-tag-") as tmp:
         signers = Path(tmp) / "allowed_signers"
@@ -937,4 +1000,5 @@ def _check_identity(card: Mapping[str, Any], where: str, version: str | None, na
 __all__ = ["BEGIN", "END", "SIGNATURE_FILE", "SIGNING_KEY_ENV", "KeySpec", "SignatureCheck", "TrustPolicy",
            "TrustedCertificate", "TrustedKey", "bundle_at", "check_release", "describe", "embed", "extract",
            "fingerprint", "generate_keypair", "read_sidecar", "release_files", "release_preflight", "sign",
-           "sign_release", "tag_message", "verify", "verify_digests", "verify_tag", "write_sidecar"]
+           "sign_release", "tag_is_signed", "tag_message", "tag_preflight", "tag_signing_options", "verify",
+           "verify_digests", "verify_tag", "write_sidecar", "check_tag"]
