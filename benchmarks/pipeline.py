@@ -98,10 +98,10 @@ def measure_noop(root: Path, env: Mapping[str, str], runs: int) -> tuple[Sample,
 
 def fit_and_evaluate(params_path: Path) -> dict[str, float]:
     """The pipeline's fit and evaluation, in this process, from the same params.yaml."""
-    from modelshelf import data
-    from modelshelf.evaluate import evaluate
+    from modelshelf.pipeline import data
+    from modelshelf.pipeline.evaluate import evaluate
     from modelshelf.params import load_params
-    from modelshelf.train import train
+    from modelshelf.pipeline.train import train
 
     params = load_params(params_path)
     ds = data.load_source(params.data, params_path.parent)

@@ -17,14 +17,14 @@ import pandas as pd
 import pytest
 
 from modelshelf import onnxcopy
-from modelshelf.data import schema_of
+from modelshelf.pipeline.data import schema_of
 from modelshelf.params import TrainParams
 from modelshelf.serve import onerow
 from modelshelf.serve.app import ALLOW, INLINE_BODY, ROUTES, App, Reply
 from modelshelf.serve.holder import Holder
 from modelshelf.serve.payload import Parser, openapi
 from modelshelf.serve.runner import Loaded, OnnxRunner
-from modelshelf.train import train
+from modelshelf.pipeline.train import train
 
 from test_serve import (  # noqa: F401 - fixtures
     TOKEN,

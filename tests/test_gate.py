@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from modelshelf.errors import ConfigError, DataError
-from modelshelf.gate import Baseline, GateResult, judge, read_baseline, result_from_json
+from modelshelf.pipeline.gate import Baseline, GateResult, judge, read_baseline, result_from_json
 from modelshelf.gitrepo import GitRepo
 from modelshelf.params import GateParams
 
@@ -530,7 +530,7 @@ def test_read_baseline_on_orphan_branch_still_reads_main(repo: GitRepo) -> None:
 
 def rescored_pair(committed: Mapping[str, float], rescored: Mapping[str, float] | None,
                   note: str = "model v1.0.0") -> Baseline:
-    from modelshelf.gate import with_rescore
+    from modelshelf.pipeline.gate import with_rescore
 
     return with_rescore(baseline(**committed), rescored, note, {"version": "1.0.0", "rows": 120} if rescored else None)
 
@@ -593,7 +593,7 @@ def test_unusable_rescore_keeps_the_committed_metrics_and_says_why() -> None:
 
 
 def test_rescore_does_not_apply_without_a_baseline() -> None:
-    from modelshelf.gate import with_rescore
+    from modelshelf.pipeline.gate import with_rescore
 
     b = with_rescore(no_baseline(), {"accuracy": 0.8}, "model v1.0.0")
     assert b.used == "none" and b.rescore is None and not b.found
@@ -736,7 +736,7 @@ def test_unverifiable_baseline_bytes_never_loosen_the_gate(new_project: Any) -> 
 
 @pytest.mark.slow
 def test_rescoring_on_the_same_split_reproduces_the_committed_metrics(built: Project) -> None:
-    from modelshelf import baseline as baselines
+    from modelshelf.pipeline import baseline as baselines
 
     repo, prepared = GitRepo(built.root), built.root / "data/prepared"
     same = baselines.read(repo, "main", METRICS_PATH, root=built.root, prepared=prepared)

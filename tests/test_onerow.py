@@ -14,14 +14,14 @@ import pandas as pd
 import pytest
 
 from modelshelf import onnxcopy
-from modelshelf.data import schema_of
+from modelshelf.pipeline.data import schema_of
 from modelshelf.params import TrainParams
 from modelshelf.serve import onerow
 from modelshelf.serve.app import App
 from modelshelf.serve.holder import Holder
 from modelshelf.serve.payload import FLOAT32_MAX, BadRequest, Parser, loads
 from modelshelf.serve.runner import Loaded, OnnxRunner
-from modelshelf.train import train
+from modelshelf.pipeline.train import train
 
 
 def _frame(task: str, n: int = 300, seed: int = 0) -> pd.DataFrame:

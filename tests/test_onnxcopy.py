@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 
 from modelshelf import onnxcopy
-from modelshelf.data import schema_of
-from modelshelf.features import Batch
+from modelshelf.pipeline.data import schema_of
+from modelshelf.pipeline.features import Batch
 from modelshelf.params import TrainParams
 from modelshelf.serve.runner import OnnxRunner
-from modelshelf.train import train
+from modelshelf.pipeline.train import train
 
 
 def _frame(mixed: bool, n: int = 400, seed: int = 0) -> pd.DataFrame:

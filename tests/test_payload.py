@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from modelshelf.features import Batch
+from modelshelf.pipeline.features import Batch
 from modelshelf.serve import payload
 from modelshelf.serve.payload import FLOAT32_MAX, BadRequest, Parser
 

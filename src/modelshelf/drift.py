@@ -145,7 +145,7 @@ def _predict(start: str | Path, ref: Reference, frame: Any) -> Any:
             columns[f["name"]] = col.to_numpy(dtype=float)
         else:
             columns[f["name"]] = col.to_numpy(dtype=object)
-    from modelshelf.features import Batch
+    from modelshelf.pipeline.features import Batch
 
     return loaded.runner.predict(Batch.from_columns(columns, ref.card["input_schema"]))["predictions"]
 

@@ -11,7 +11,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from modelshelf.features import Batch
+from modelshelf.pipeline.features import Batch
 
 # The pipeline fills missing categories with this; the graph expects callers to (see feeds).
 MISSING_CATEGORY = "__missing__"

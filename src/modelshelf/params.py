@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from modelshelf.errors import ConfigError
-from modelshelf.metrics import CATALOGUE
+from modelshelf.pipeline.metrics import CATALOGUE
 
 TASKS = ("auto", "classification", "regression")
 BUMPS = ("auto", "major", "minor", "patch")

@@ -1,6 +1,6 @@
 """The pull-request report: one gate verdict on the workspace candidate against a base revision.
 
-The verdict comes from :func:`modelshelf.gate.judge`, the function the pipeline's gate stage
+The verdict comes from :func:`modelshelf.pipeline.gate.judge`, the function the pipeline's gate stage
 uses, so the report and the pipeline can never disagree.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from modelshelf.card import parse_card, schema_changed
 from modelshelf.errors import ConfigError
-from modelshelf.gate import COMMITTED, GateResult, judge
+from modelshelf.pipeline.gate import COMMITTED, GateResult, judge
 from modelshelf.params import load_params, parse_params
 from modelshelf.tags import SemVer
 
@@ -88,7 +88,7 @@ class Report:
 
 def build(root: Path, base: str = "main") -> Report:
     """Judge the workspace candidate of the project at ``root`` against revision ``base``."""
-    from modelshelf import baseline as baselines
+    from modelshelf.pipeline import baseline as baselines
     from modelshelf.project import stage_options
     from modelshelf.registry.core import Workspace, open_registry
 
@@ -101,7 +101,7 @@ def build(root: Path, base: str = "main") -> Report:
         metrics = json.loads(metrics_path.read_text())
     except (OSError, ValueError):
         raise ConfigError(metrics_rel, "no candidate metrics", "run `dvc repro` (or `dvc pull`) first") from None
-    from modelshelf.metrics import task_of
+    from modelshelf.pipeline.metrics import task_of
 
     task = task_of(k for k, v in metrics.items() if v is not None) or "binary"
     prepared = ws.root / options["prepared"] if "prepared" in options else None

@@ -22,7 +22,7 @@ def cmd_init(a: argparse.Namespace) -> int:
 
 
 def cmd_prepare(a: argparse.Namespace) -> int:
-    from modelshelf.stages import prepare
+    from modelshelf.pipeline.stages import prepare
 
     info = prepare(a.params, a.raw, a.out, a.profile)
     print(f"prepare: {info['source']}: {info['rows']} rows ({info['train_rows']} train, "
@@ -31,7 +31,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from modelshelf.stages import train
+    from modelshelf.pipeline.stages import train
 
     info = train(a.params, a.prepared, a.out)
     print(f"train: {info['algorithm']} fitted, candidate sha256 {info['sha256'][:12]}")
@@ -39,7 +39,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from modelshelf.stages import evaluate
+    from modelshelf.pipeline.stages import evaluate
 
     metrics = evaluate(a.prepared, a.candidate, a.metrics, a.plots)
     print("evaluate: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
@@ -60,7 +60,7 @@ def _stage_defaults(a: argparse.Namespace, stage: str, names: Sequence[str]) -> 
 
 
 def cmd_gate(a: argparse.Namespace) -> int:
-    from modelshelf.stages import gate
+    from modelshelf.pipeline.stages import gate
 
     _stage_defaults(a, "gate", ("params", "metrics", "out"))
     if a.prepared is None and a.params is not None and (a.params.resolve().parent / "dvc.yaml").is_file():
@@ -97,7 +97,7 @@ def _gated_candidate(a: argparse.Namespace) -> Path | None:
 
 
 def cmd_serialise(a: argparse.Namespace) -> int:
-    from modelshelf.stages import serialise
+    from modelshelf.pipeline.stages import serialise
 
     done = serialise(a.params, a.prepared, a.candidate, a.metrics, a.gate, a.out, a.profile)
     c = done.card

@@ -41,7 +41,7 @@ def cmd_versions(a: argparse.Namespace) -> int:
     reg = open_registry(Workspace.open())
     rows = [r.summary() for r in reversed(reg.releases)]
     if a.plot is not None:
-        from modelshelf import plots
+        from modelshelf.pipeline import plots
 
         print(f"wrote {plots.versions(reg.releases, a.plot)}", file=sys.stderr)
     if a.json:

@@ -82,7 +82,7 @@ def cmd_drift(a: argparse.Namespace) -> int:
         a.data = root / source
     rep = check(".", a.data, a.model, predictions=not a.no_predictions)
     if a.plot is not None:
-        from modelshelf import plots
+        from modelshelf.pipeline import plots
 
         written = plots.drift(rep.result, a.plot, rep.reference.version)
         print(f"wrote {len(written)} charts to {a.plot}", file=sys.stderr)

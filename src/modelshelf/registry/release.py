@@ -21,7 +21,7 @@ the release compares the committed metrics with the committed metrics of the mod
 the newest commit on its first-parent history whose metrics differ).  When that baseline has
 the same metrics file as the one the gate judged against, the gate's verdict stands (it may
 have re-scored the baseline model on the current data); otherwise the committed metrics must
-clear :func:`modelshelf.gate.judge` against it, or the release is refused (exit 3).
+clear :func:`modelshelf.pipeline.gate.judge` against it, or the release is refused (exit 3).
 """
 
 from __future__ import annotations
@@ -38,13 +38,13 @@ import yaml
 from modelshelf import artefacts, dvcrepo, tags
 from modelshelf.card import parse_card
 from modelshelf.errors import GateFailed, GitError, ReleaseRefused, RemoteError, ShelfError
-from modelshelf.gate import judge, read_baseline
-from modelshelf.metrics import task_of
+from modelshelf.pipeline.gate import judge, read_baseline
+from modelshelf.pipeline.metrics import task_of
 from modelshelf.params import load_params
 from modelshelf.project import stage_options
 from modelshelf.registry.core import Registry, Workspace, create_tag, fetch_tags, open_registry
 from modelshelf.registry import signing
-from modelshelf.stages import candidate_sha256
+from modelshelf.pipeline.stages import candidate_sha256
 from modelshelf.tags import SemVer
 
 RENUMBER_HINT = "run `shelf release --renumber` (add --push to publish) to take the next free version"

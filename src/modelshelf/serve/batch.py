@@ -8,7 +8,7 @@ from typing import Any
 
 from modelshelf import artefacts
 from modelshelf.errors import DataError
-from modelshelf.features import Batch
+from modelshelf.pipeline.features import Batch
 from modelshelf.params import suggest
 
 

@@ -107,7 +107,7 @@ class OneRow:
 def build(runner: OnnxRunner) -> OneRow | None:
     """A lane for ``runner``'s session (warmed up), or None when its graph does not suit one or
     the lane's answer for a probe row differs from ``runner.predict``'s."""
-    from modelshelf.features import Batch
+    from modelshelf.pipeline.features import Batch
 
     schema = runner.schema
     try:

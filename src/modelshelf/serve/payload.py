@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 import numpy as np
 import orjson
 
-from modelshelf.features import Batch
+from modelshelf.pipeline.features import Batch
 
 
 FLOAT32_MAX = 3.4e38  # a little below float32's largest finite value

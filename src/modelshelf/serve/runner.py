@@ -11,7 +11,7 @@ import orjson
 from modelshelf import artefacts
 from modelshelf.card import CARD_FILE, parse_card
 from modelshelf.errors import IntegrityError, ShelfError
-from modelshelf.features import Batch
+from modelshelf.pipeline.features import Batch
 from modelshelf.serve.payload import Parser, openapi
 
 if TYPE_CHECKING:

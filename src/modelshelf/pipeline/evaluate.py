@@ -24,7 +24,7 @@ def _scores(model: Any, X: pd.DataFrame) -> Any:
 def evaluate(model: Any, X: pd.DataFrame, y: pd.Series, task: str) -> tuple[dict[str, float], dict[str, list[dict[str, Any]]]]:
     """``(metrics, plots)`` of ``model`` on the held-out ``(X, y)``.
 
-    Metric names follow :mod:`modelshelf.metrics`; plots map a file stem to rows.
+    Metric names follow :mod:`modelshelf.pipeline.metrics`; plots map a file stem to rows.
     """
     import numpy as np
     from sklearn import metrics as skm

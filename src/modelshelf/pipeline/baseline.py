@@ -25,7 +25,7 @@ from typing import Any
 from modelshelf import artefacts
 from modelshelf.card import parse_card, schema_changed
 from modelshelf.errors import ShelfError
-from modelshelf.gate import Baseline, catalogue_numbers, read_baseline, with_rescore
+from modelshelf.pipeline.gate import Baseline, catalogue_numbers, read_baseline, with_rescore
 from modelshelf.gitrepo import GitRepo
 
 SCHEMA_FILE = "schema.json"
@@ -65,8 +65,8 @@ def rescore(root: Path, commit: str, rev: str, prepared: Path,
     Raises NotRescorable (or a ShelfError: IntegrityError, RemoteError, VersionMismatchError)
     with the reason when it cannot.
     """
-    from modelshelf import data
-    from modelshelf.evaluate import evaluate
+    from modelshelf.pipeline import data
+    from modelshelf.pipeline.evaluate import evaluate
     from modelshelf.registry.core import Workspace
     from modelshelf.registry.restore import restore_artefact
 

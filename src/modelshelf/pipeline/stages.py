@@ -17,9 +17,9 @@ from typing import Any
 from modelshelf import artefacts
 from modelshelf.card import CARD_FILE, MODEL_FILE, build_card, onnx_opsets, parse_card, schema_changed, utc_now
 from modelshelf.errors import ConfigError, DataError, GateFailed
-from modelshelf.gate import GateResult, judge
+from modelshelf.pipeline.gate import GateResult, judge
 from modelshelf.gitrepo import GitRepo
-from modelshelf.metrics import task_of
+from modelshelf.pipeline.metrics import task_of
 from modelshelf.params import load_params
 
 ONNX_DIR = "onnx"
@@ -62,7 +62,7 @@ def _staging(out: Path) -> Path:
 def prepare(params_path: Path, raw: Path, out: Path, profile_path: Path | None = None) -> dict[str, Any]:
     """Validate and split ``data.source``; write train/test CSVs, schema, dataset info and the
     training split's reference profile (for drift checks)."""
-    from modelshelf import data
+    from modelshelf.pipeline import data
     from modelshelf import profile as profiles
 
     params = load_params(params_path).data
@@ -101,8 +101,8 @@ def _schema(prepared: Path) -> dict[str, Any]:
 
 def train(params_path: Path, prepared: Path, out: Path) -> dict[str, Any]:
     """Fit the pipeline on the training split; write the candidate and its sha256."""
-    from modelshelf import data
-    from modelshelf.train import json_safe_params, train as fit
+    from modelshelf.pipeline import data
+    from modelshelf.pipeline.train import json_safe_params, train as fit
 
     params = load_params(params_path)
     schema = _schema(prepared)
@@ -141,8 +141,8 @@ def load_candidate(candidate: Path) -> tuple[Any, dict[str, Any]]:
 
 def evaluate(prepared: Path, candidate: Path, metrics_path: Path, plots: Path) -> dict[str, float]:
     """Score the candidate on the held-out split; write metrics and plot data."""
-    from modelshelf import data
-    from modelshelf.evaluate import evaluate as score
+    from modelshelf.pipeline import data
+    from modelshelf.pipeline.evaluate import evaluate as score
 
     schema = _schema(prepared)
     model, _ = load_candidate(candidate)
@@ -172,7 +172,7 @@ def gate(params_path: Path, metrics_path: Path, out: Path | None,
 
     With ``prepared`` (the split the candidate was scored on), the baseline model is
     re-scored on its test split and the candidate compared with that; otherwise, or when
-    it cannot be, with the committed baseline metrics (see :mod:`modelshelf.baseline`).
+    it cannot be, with the committed baseline metrics (see :mod:`modelshelf.pipeline.baseline`).
 
     With ``candidate`` (the train stage's output), the report records the sha256 of the
     candidate it judged (``candidate_sha256``), checked against its bytes: ``serialise`` and
@@ -183,7 +183,7 @@ def gate(params_path: Path, metrics_path: Path, out: Path | None,
         IntegrityError: the candidate's bytes differ from the sha256 its train stage recorded.
         ConfigError: impossible thresholds, an unknown baseline revision.
     """
-    from modelshelf import baseline as baselines
+    from modelshelf.pipeline import baseline as baselines
 
     params = load_params(params_path).gate
     judged = candidate_sha256(candidate) if candidate is not None else None
@@ -295,7 +295,8 @@ def _export_onnx(params: Any, prepared: Path, candidate: Path, schema: dict[str,
 
     Returns the card's records and the candidate's held-out predictions.
     """
-    from modelshelf import data, onnxcopy
+    from modelshelf import onnxcopy
+    from modelshelf.pipeline import data
 
     if onnx_dir.exists():
         shutil.rmtree(onnx_dir)

@@ -3,7 +3,7 @@
 Fails closed: a missing or NaN metric fails, and so does any regression beyond
 the tolerance.  Without a baseline (the first model) only thresholds apply, and
 the result says so.  The baseline is the committed metrics at ``gate.baseline``,
-or, when :mod:`modelshelf.baseline` could re-score the baseline model on the
+or, when :mod:`modelshelf.pipeline.baseline` could re-score the baseline model on the
 candidate's held-out set, those re-scored metrics (see :func:`with_rescore`).
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from modelshelf.errors import ConfigError, DataError
 from modelshelf.gitrepo import GitRepo
-from modelshelf.metrics import CATALOGUE, higher_is_better, metrics_for
+from modelshelf.pipeline.metrics import CATALOGUE, higher_is_better, metrics_for
 from modelshelf.params import GateParams, suggest
 
 SCHEMA_VERSION = 1
