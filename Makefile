@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test test-all venv bench clean bytecode
+.PHONY: run test test-all venv bench clean bytecode docs
 
 venv: $(STAMP)
 
@@ -40,6 +40,10 @@ test: $(STAMP) bytecode
 test-all: $(STAMP) bytecode
 	@echo "==> running the whole test suite, slow end-to-end tests included"
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+# docs/api.md, the reference of modelshelf.api, from its docstrings (tests/test_docs.py checks it)
+docs: $(STAMP)
+	$(BIN)/python docs/apidoc.py
 
 bench: $(STAMP) bytecode
 	$(BIN)/python benchmarks/pipeline.py

@@ -29,3 +29,53 @@ def test_readme_links_point_at_files_that_exist() -> None:
 def test_readme_stays_a_first_read() -> None:
     lines = (REPO / "README.md").read_text(encoding="utf-8").count("\n")
     assert lines <= 180, f"README.md has {lines} lines; move details to docs/"
+
+
+def test_the_api_reference_is_generated_from_the_docstrings_and_current() -> None:
+    import runpy
+
+    render = runpy.run_path(str(REPO / "docs" / "apidoc.py"))["render"]
+    current = (REPO / "docs" / "api.md").read_text(encoding="utf-8")
+    assert current == render(), "regenerate it: .venv/bin/python docs/apidoc.py (make docs)"
+
+
+def test_every_public_api_name_resolves_and_is_documented() -> None:
+    import inspect
+
+    from modelshelf import api
+
+    for name in api.__all__:
+        obj = getattr(api, name)
+        assert callable(obj), name
+        doc = inspect.getdoc(obj) or ""
+        assert doc and not doc.startswith(("Base class", "Common base")), f"api.{name} has no docstring"
+    assert sorted(dir(api)) == sorted(set(dir(api)))
+    try:
+        api.nonexistent  # noqa: B018
+    except AttributeError as exc:
+        assert "nonexistent" in str(exc)
+    else:
+        raise AssertionError("api.nonexistent resolved")
+
+
+def test_importing_the_api_imports_nothing_heavy() -> None:
+    """``shelf`` imports ``modelshelf.api`` for every command: it must stay a table of names."""
+    import subprocess
+    import sys
+
+    code = ("import sys, modelshelf.api; heavy = ('sklearn', 'pandas', 'numpy', 'dvc', 'yaml', 'pathlib', "
+            "'modelshelf.registry', 'modelshelf.pipeline', 'modelshelf.serve'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
+def test_the_cli_calls_the_public_api() -> None:
+    """The registry, provenance and model commands reach the library through ``modelshelf.api``."""
+    for group in ("registry", "provenance", "serving"):
+        text = (REPO / "src" / "modelshelf" / "commands" / f"{group}.py").read_text(encoding="utf-8")
+        assert "from modelshelf import api" in text, group
+        for internal in ("registry.release import", "registry.promotion import", "registry.restore import",
+                         "registry.gc import", "registry.bom import", "registry.environment import",
+                         "drift import check", "serve.batch import"):
+            assert internal not in text, f"commands/{group}.py imports {internal!r} instead of using modelshelf.api"

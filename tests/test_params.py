@@ -111,7 +111,7 @@ def test_unknown_key_uses_the_given_file_name() -> None:
 def test_unknown_key_without_close_match_lists_valid_keys() -> None:
     err = config_error({"gate": {"zzzzzz": 1}})
     assert err.where == "params.yaml: gate.zzzzzz"
-    assert err.remedy == "valid keys: baseline, thresholds, tolerance"
+    assert err.remedy == "valid keys: baseline, confidence, regression, resamples, thresholds, tolerance"
 
 
 def test_unknown_metric_message() -> None:

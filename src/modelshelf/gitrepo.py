@@ -91,12 +91,22 @@ class GitRepo:
 
     def is_dirty(self, ignore: tuple[str, ...] = ()) -> bool:
         """True when tracked files differ from HEAD, outside the ``ignore`` prefixes."""
-        out = self.run("status", "--porcelain", "--untracked-files=no").stdout
-        for line in out.splitlines():
-            path = line[3:].split(" -> ")[-1].strip('"')
+        return bool(self.modified(ignore))
+
+    def modified(self, ignore: tuple[str, ...] = ()) -> list[str]:
+        """The tracked files that differ from HEAD (staged or not), outside the ``ignore``
+        prefixes, sorted; a rename counts as its new path."""
+        out = self.run("status", "--porcelain", "-z", "--untracked-files=no").stdout
+        found, records = set(), iter(out.split("\0"))
+        for record in records:
+            if len(record) < 4:
+                continue
+            if record[0] in "RC":   # -z: "R  NEW\0OLD"
+                next(records, None)
+            path = record[3:]
             if not any(path == p or path.startswith(p.rstrip("/") + "/") for p in ignore):
-                return True
-        return False
+                found.add(path)
+        return sorted(found)
 
     def tag_records(self, pattern: str = "") -> list[TagRecord]:
         """Every annotated tag (matching ``pattern``) with its commit and tagger, in one git call."""

@@ -110,12 +110,27 @@ def _graph_pipeline(pipeline: Any) -> Any:
 
 
 def export(pipeline: Any, schema: Mapping[str, Any], X: Any, y: Any, *,
-           regression_tolerance: float) -> Export:
+           regression_tolerance: float, own_preprocessing: bool = True) -> Export:
     """Convert ``pipeline`` and check it against scikit-learn on the held-out ``X``.
 
     Classifiers: identical labels and probabilities within 1e-5.  Regressors: predictions
-    within ``regression_tolerance`` (absolute).  Anything else yields ``data=None`` and a reason.
+    within ``regression_tolerance`` (absolute).  Anything else yields ``data=None`` and a reason,
+    never an exception: a user's pipeline (``own_preprocessing=False``: a factory's, converted
+    as it is) may fail to convert, to run, or to match, and the card records why.
     """
+    try:
+        return _export(pipeline, schema, X, y, regression_tolerance, own_preprocessing)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime and user code raise many kinds; record why
+        return Export(None, {"checked": False}, f"the ONNX copy could not be checked: {_why(exc)}")
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+
+
+def _export(pipeline: Any, schema: Mapping[str, Any], X: Any, y: Any, regression_tolerance: float,
+            own_preprocessing: bool) -> Export:
     import numpy as np
 
     try:
@@ -124,8 +139,8 @@ def export(pipeline: Any, schema: Mapping[str, Any], X: Any, y: Any, *,
 
         inputs = [(f["name"], StringTensorType([None, 1]) if f["kind"] == "categorical"
                    else FloatTensorType([None, 1])) for f in schema["features"]]
-        conv = _graph_pipeline(pipeline)
-        est = conv.steps[-1][1]
+        conv = _graph_pipeline(pipeline) if own_preprocessing else pipeline
+        est = conv.steps[-1][1] if hasattr(conv, "steps") else conv
         options = {id(est): {"zipmap": False}} if schema["task"] != "regression" else None
         # a fixed graph name: skl2onnx draws a random one, and the copy must be reproducible
         model = convert_sklearn(conv, initial_types=inputs, options=options, name="modelshelf")
@@ -135,6 +150,10 @@ def export(pipeline: Any, schema: Mapping[str, Any], X: Any, y: Any, *,
                       f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
 
     session = Session(data)
+    if len(session.inputs) != len(feeds(Batch.from_columns({f["name"]: X[f["name"]].to_numpy()[:1]
+                                                            for f in schema["features"]}, schema))):
+        return Export(None, {"checked": False}, f"the graph takes {len(session.inputs)} inputs, not one per "
+                      "feature kind as served (a pipeline that drops input columns does not convert)")
     cols = {f["name"]: X[f["name"]].to_numpy() for f in schema["features"]}
     out = session.run(feeds(Batch.from_columns(cols, schema)))
     rows = int(len(X))

@@ -19,6 +19,10 @@ from modelshelf.pipeline.metrics import CATALOGUE
 
 TASKS = ("auto", "classification", "regression")
 BUMPS = ("auto", "major", "minor", "patch")
+REGRESSIONS = ("point", "significant")
+NO_BASELINE = "none"
+MISSING_TARGET = ("error", "drop")
+FORMATS = ("auto", "csv", "parquet")
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,12 @@ class DataParams:
     task: str = "auto"
     test_size: float = 0.2
     random_state: int = 42
+    drop: tuple[str, ...] = ()          # columns ignored entirely
+    id: str | None = None               # an ID column: never a feature, carried through predictions
+    missing_target: str = "error"       # error | drop (rows without a target)
+    sep: str = ","                      # CSV separator
+    format: str = "auto"                # auto (by extension) | csv | parquet
+    max_categories: int = 50            # more distinct strings than this: refused, not one-hot encoded
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,14 @@ class GateParams:
     tolerance: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     default_tolerance: float = 0.0
     baseline: str = "main"
+    regression: str = "point"      # point | significant (see pipeline/significance.py)
+    confidence: float = 0.95       # family-wise, Bonferroni-corrected over the gated metrics
+    resamples: int = 2000
+
+    @property
+    def first_of_line(self) -> bool:
+        """``gate.baseline: none``: thresholds only, no baseline."""
+        return self.baseline == NO_BASELINE
 
     def tolerance_for(self, metric: str) -> float:
         return self.tolerance.get(metric, self.default_tolerance)
@@ -208,10 +226,44 @@ class _Reader:
         return MappingProxyType(out)
 
 
+SECTIONS = tuple(Params.__dataclass_fields__)
+
+
+def _distance(a: str, b: str) -> int:
+    """Edit distance with adjacent transpositions (``trian`` → ``train`` is one edit)."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
+def _own_sections(r: _Reader, raw: Any) -> Mapping[str, Any]:
+    """modelshelf's sections of the top level; a project's own keys are left alone, except one
+    that reads as a typo of a section: a mapping (or empty) under a name within one edit of it
+    (two for names of five letters or more)."""
+    top = r.mapping(raw, "")
+    for key, value in top.items():
+        name = str(key)
+        if name in SECTIONS or not (value is None or isinstance(value, Mapping)):
+            continue
+        if any(_distance(name.lower(), s) <= (1 if len(s) < 5 else 2) for s in SECTIONS):
+            raise r.fail(name, "unknown key", suggest(name, SECTIONS))
+    return top
+
+
 def parse_params(raw: Any, file: str = "params.yaml") -> Params:
-    """Validate a raw params mapping into a frozen :class:`Params`."""
+    """Validate a raw params mapping into a frozen :class:`Params`.
+
+    Only modelshelf's sections are read; other top-level keys (a project's own) are ignored.
+    """
     r = _Reader(file)
-    top = r.section(raw, "", ("data", "train", "gate", "serialise", "release", "drift"))
+    top = _own_sections(r, raw)
 
     d = r.section(top.get("data"), "data", tuple(DataParams.__dataclass_fields__))
     dd = DataParams()
@@ -222,14 +274,24 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
         test_size=float(r.number(d.get("test_size", dd.test_size), "data.test_size", low=0.01, high=0.9)),
         random_state=r.number(d.get("random_state", dd.random_state), "data.random_state",
                               low=0, high=2**32 - 1, integer=True),
+        drop=_columns(r, d.get("drop", []), "data.drop"),
+        id=None if d.get("id") is None else r.string(d["id"], "data.id"),
+        missing_target=r.string(d.get("missing_target", dd.missing_target), "data.missing_target",
+                                MISSING_TARGET),
+        sep=r.string(d.get("sep", dd.sep), "data.sep"),
+        format=r.string(d.get("format", dd.format), "data.format", FORMATS),
+        max_categories=r.number(d.get("max_categories", dd.max_categories), "data.max_categories",
+                                low=2, high=10**6, integer=True),
     )
+    _check_data(r, data)
 
     t = r.section(top.get("train"), "train", tuple(TrainParams.__dataclass_fields__))
     estimator = r.string(t.get("estimator", TrainParams.estimator), "train.estimator")
     hyper = r.mapping(t.get("hyperparams"), "train.hyperparams")
     train = TrainParams(estimator=estimator, hyperparams=MappingProxyType(dict(hyper)))
 
-    g = r.section(top.get("gate"), "gate", ("thresholds", "tolerance", "baseline"))
+    g = r.section(top.get("gate"), "gate", ("thresholds", "tolerance", "baseline", "regression",
+                                            "confidence", "resamples"))
     bounded = lambda v, p: r.number(v, p)  # noqa: E731
     nonneg = lambda v, p: r.number(v, p, low=0)  # noqa: E731
     raw_tol = g.get("tolerance", 0.0)
@@ -242,6 +304,11 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
         tolerance=tolerance,
         default_tolerance=default_tol,
         baseline=r.string(g.get("baseline", GateParams.baseline), "gate.baseline"),
+        regression=r.string(g.get("regression", GateParams.regression), "gate.regression", REGRESSIONS),
+        confidence=float(r.number(g.get("confidence", GateParams.confidence), "gate.confidence",
+                                  low=0.5, high=0.999)),
+        resamples=r.number(g.get("resamples", GateParams.resamples), "gate.resamples",
+                           low=100, high=100_000, integer=True),
     )
 
     s = r.section(top.get("serialise"), "serialise", tuple(SerialiseParams.__dataclass_fields__))
@@ -279,6 +346,33 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
         raise r.fail("drift.psi_alert", f"{drift.psi_alert} is below drift.psi_warn {drift.psi_warn}",
                      "the alert level must be at least the warning level")
     return Params(data=data, train=train, gate=gate, serialise=serialise, release=release, drift=drift)
+
+
+def _columns(r: _Reader, raw: Any, path: str) -> tuple[str, ...]:
+    """A list of distinct column names (``data.drop``)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise r.fail(path, f"expected a list of column names, got {raw!r}", "write it as [col_a, col_b]")
+    names = tuple(r.string(item, f"{path}[{i}]") for i, item in enumerate(raw))
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise r.fail(f"{path}[{i}]", f"'{name}' is listed twice", "list each column once")
+    return names
+
+
+def _check_data(r: _Reader, data: DataParams) -> None:
+    """The ``data`` keys that must agree with each other."""
+    if len(data.sep) != 1:
+        raise r.fail("data.sep", f"{data.sep!r} is not a single character",
+                     "use one character, e.g. ';' or \"\\t\" (a tab)")
+    if data.target in data.drop:
+        raise r.fail("data.drop", f"'{data.target}' is the target (data.target)", "remove it from data.drop")
+    if data.id is not None and data.id == data.target:
+        raise r.fail("data.id", f"'{data.id}' is the target (data.target)", "name the ID column, or remove data.id")
+    if data.id is not None and data.id in data.drop:
+        raise r.fail("data.drop", f"'{data.id}' is the ID column (data.id)",
+                     "remove it from data.drop (an ID is never a feature already)")
 
 
 def _trust(r: _Reader, raw: Any) -> TrustParams:

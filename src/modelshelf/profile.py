@@ -136,8 +136,9 @@ def _categorical_profile(values: Any) -> dict[str, Any]:
             "shares": shares}
 
 
-def build(frame: pd.DataFrame, schema: Mapping[str, Any]) -> dict[str, Any]:
-    """The profile of ``frame`` (features and target) under ``schema``."""
+def build(frame: pd.DataFrame, schema: Mapping[str, Any], missing_target_dropped: int = 0) -> dict[str, Any]:
+    """The profile of ``frame`` (features and target) under ``schema``; rows dropped for a
+    missing target (``data.missing_target: drop``) are counted as ``missing_target_dropped``."""
     features = {}
     for f in schema["features"]:
         col = frame[f["name"]]
@@ -146,7 +147,10 @@ def build(frame: pd.DataFrame, schema: Mapping[str, Any]) -> dict[str, Any]:
     target = schema["target"]["name"]
     label = (_numeric_profile(frame[target].to_numpy(dtype=float)) if schema["task"] == "regression"
              else _categorical_profile(frame[target].astype(str)))
-    return {"schema_version": SCHEMA_VERSION, "rows": int(len(frame)), "features": features, "label": label}
+    out = {"schema_version": SCHEMA_VERSION, "rows": int(len(frame)), "features": features, "label": label}
+    if missing_target_dropped:
+        out["missing_target_dropped"] = int(missing_target_dropped)
+    return out
 
 
 # --- drift ----------------------------------------------------------------------------------

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 import shlex
 import subprocess
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from modelshelf.artefacts import atomic_output
 from modelshelf.errors import ConfigError, GitError
 
 DVC_YAML = "dvc.yaml"
 TEMPLATE_FILES = ("dvc.yaml", "params.yaml")
 GITIGNORE_LINES = ("/build/", "/.venv/", "__pycache__/")
+DVCIGNORE_LINES = ("/.venv/", "__pycache__/")  # never data: DVC need not hash them
+STAGES = ("prepare", "train", "evaluate", "gate", "serialise")
+MODEL_PATH = "models/model.joblib"
+_PLOTS = ("Confusion matrix", "ROC", "Precision-recall")
 _VAR = re.compile(r"\$\{\s*([\w.]+)\s*\}")
 
 
@@ -81,13 +88,24 @@ def _lookup(scope: Mapping[str, Any], dotted: str) -> Any:
     return value
 
 
+def _find_stage(root: Path, dvc: Mapping[str, Any], stage: str) -> tuple[str, Mapping[str, Any]]:
+    """``(name, spec)`` of the stage named ``stage``, else of the one stage running ``shelf STAGE``."""
+    stages = dvc.get("stages") or {}
+    spec = stages.get(stage) if isinstance(stages, Mapping) else None
+    if isinstance(spec, Mapping) and "cmd" in spec:
+        return stage, spec
+    runs = [(str(n), s) for n, s in stages.items() if _stage_runs(s, stage)] if isinstance(stages, Mapping) else []
+    if len(runs) == 1:
+        return runs[0]
+    raise ConfigError(f"{root / DVC_YAML}: stages.{stage}", "stage not found" if not runs else
+                      f"several stages run `shelf {stage}` ({', '.join(n for n, _ in runs)})",
+                      f"add a '{stage}' stage or pass the paths as options")
+
+
 def stage_options(root: Path, stage: str) -> dict[str, str]:
     """The ``--option value`` pairs of ``stage``'s command in dvc.yaml, variables resolved."""
     dvc = read_dvc_yaml(root)
-    spec = (dvc.get("stages") or {}).get(stage)
-    if not isinstance(spec, Mapping) or "cmd" not in spec:
-        raise ConfigError(f"{root / DVC_YAML}: stages.{stage}", "stage not found",
-                          f"add a '{stage}' stage or pass the paths as options")
+    stage, spec = _find_stage(root, dvc, stage)
     scope = _variables(root, dvc)
     try:
         cmd = _VAR.sub(lambda m: str(_lookup(scope, m.group(1))), str(spec["cmd"]))
@@ -99,38 +117,415 @@ def stage_options(root: Path, stage: str) -> dict[str, str]:
             if w.startswith("--") and not words[i + 1].startswith("--")}
 
 
-def init(path: str | Path, *, force: bool = False) -> list[Path]:
-    """Scaffold the reference workflow in ``path``: git, DVC, dvc.yaml, params.yaml.
+@dataclass(frozen=True)
+class FileChange:
+    """One file ``shelf init`` creates or extends: its text before (None: a new file) and after."""
 
-    Existing files are kept unless ``force``.  Returns the files written.
+    path: Path
+    before: str | None
+    after: str
+    added: tuple[str, ...]  # what it adds, one item each: "stage prepare", "section data", "line /build/"
+
+    def diff(self, root: Path) -> str:
+        """The change as a unified diff, paths relative to ``root``."""
+        rel = self.path.relative_to(root).as_posix()
+        old = [_eol(line) for line in _lines(self.before or "")]
+        new = [_eol(line) for line in _lines(self.after)]
+        head = "/dev/null" if self.before is None else f"a/{rel}"
+        out = "".join(difflib.unified_diff(old, new, head, f"b/{rel}"))
+        return out or f"new empty file {rel}\n"
+
+
+@dataclass(frozen=True)
+class InitResult:
+    """What :func:`init` did (or, on a dry run, would do) in ``root``."""
+
+    root: Path
+    setup: tuple[str, ...]  # "git init", "dvc init": repositories created
+    changes: tuple[FileChange, ...]
+    dry_run: bool = False
+
+    @property
+    def written(self) -> list[Path]:
+        """The files created or extended (none on a dry run)."""
+        return [] if self.dry_run else [c.path for c in self.changes]
+
+    @property
+    def nothing_to_add(self) -> bool:
+        return not self.setup and not self.changes
+
+
+def init(path: str | Path, *, force: bool = False, dry_run: bool = False, prefix: str = "") -> InitResult:
+    """Set up modelshelf in ``path``, a new directory or an existing repository.
+
+    Creates the git and DVC repositories if missing, then merges: modelshelf's stages
+    (prepare, train, evaluate, gate, serialise), its ``paths`` variables, plots and model
+    artefact go beside the project's own in dvc.yaml; its sections (data, train, gate,
+    serialise, drift, release) beside the project's own keys in params.yaml; missing lines
+    are appended to .gitignore and .dvcignore.  A missing file gets the template verbatim.
+    Nothing of the project's is overwritten, reordered or re-formatted: modelshelf's text is
+    inserted as blocks, so every byte of the project's own stays as it was.  What is already
+    there is skipped, so a second run adds nothing.
+
+    Args:
+        path: the project directory (created if missing).
+        force: kept for compatibility; merging never overwrites, so it re-merges like a plain run.
+        dry_run: compute the changes (see :meth:`FileChange.diff`) without writing anything.
+        prefix: put before modelshelf's stage names (``ms_`` → ``ms_prepare`` …) when the
+            project has stages of its own with those names.
+
+    Returns:
+        The repositories created and the files changed, each with what it added.
+
+    Raises:
+        ConfigError: a clash (a stage or key of the project's own under a name modelshelf
+            needs, in another shape) or a file that cannot be read; nothing is written then.
+        GitError: ``git init`` or ``dvc init`` failed.
     """
+    del force  # merging never erases the project's own stages or keys
+    if not _PREFIX.fullmatch(prefix):
+        raise ConfigError("--prefix", f"{prefix!r} is not a stage-name prefix",
+                          "use letters, digits, '_' or '-', starting with a letter, e.g. ms_")
     root = Path(path).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    if not (root / ".git").exists():
-        _run(["git", "init", "-q", "-b", "main"], root)
-    if not (root / ".dvc").is_dir():
-        dvc = [sys.executable, "-m", "dvc"]
-        _run([*dvc, "init", "-q"], root)
-        _run([*dvc, "config", "core.analytics", "false"], root)
-    written = []
     templates = resources.files("modelshelf") / "templates"
-    for name in TEMPLATE_FILES:
-        target = root / name
-        if force or not target.exists():
-            target.write_text(templates.joinpath(name + ".template").read_text(encoding="utf-8"), encoding="utf-8")
-            written.append(target)
+    tmpl = {name: templates.joinpath(name + ".template").read_text(encoding="utf-8") for name in TEMPLATE_FILES}
+    params_before = _read(root / "params.yaml")
+    user_params = _load(root / "params.yaml", params_before)
+    changes = [c for c in (_merge_dvc_yaml(root / DVC_YAML, tmpl["dvc.yaml"], prefix, user_params),
+                           _merge_params(root / "params.yaml", params_before, user_params, tmpl["params.yaml"]))
+               if c is not None]
+    setup = tuple(step for step, missing in (("git init", not (root / ".git").exists()),
+                                             ("dvc init", not (root / ".dvc").is_dir())) if missing)
+    if not dry_run:
+        root.mkdir(parents=True, exist_ok=True)
+        if "git init" in setup:
+            _run(["git", "init", "-q", "-b", "main"], root)
+        if "dvc init" in setup:
+            dvc = [sys.executable, "-m", "dvc"]
+            _run([*dvc, "init", "-q"], root)
+            _run([*dvc, "config", "core.analytics", "false"], root)
     keep = root / "data" / "raw" / ".gitkeep"
     if not keep.exists():
-        keep.parent.mkdir(parents=True, exist_ok=True)
-        keep.touch()
-        written.append(keep)
-    ignore = root / ".gitignore"
-    lines = ignore.read_text(encoding="utf-8").splitlines() if ignore.exists() else []
-    missing = [line for line in GITIGNORE_LINES if line not in lines]
-    if missing:
-        ignore.write_text("\n".join([*lines, *missing]) + "\n", encoding="utf-8")
-        written.append(ignore)
-    return written
+        changes.append(FileChange(keep, None, "", ()))
+    for name, wanted in ((".gitignore", GITIGNORE_LINES), (".dvcignore", DVCIGNORE_LINES)):
+        change = _append_lines(root / name, wanted)
+        if change is not None:
+            changes.append(change)
+    if not dry_run:
+        for change in changes:
+            with atomic_output(change.path, "wb") as fh:
+                fh.write(change.after.encode("utf-8"))
+    return InitResult(root, setup, tuple(changes), dry_run)
+
+
+def stage_name(root: Path, stage: str) -> str:
+    """The dvc.yaml name of modelshelf's stage ``stage`` (``ms_serialise`` after ``init --prefix ms_``)."""
+    return _find_stage(root, read_dvc_yaml(root), stage)[0]
+
+
+# --------------------------------------------------------------------------- merging
+
+
+_PREFIX = re.compile(r"(?:[A-Za-z][\w-]*)?")
+_HEADER = {
+    DVC_YAML: "# modelshelf (added by `shelf init`): its variables, stages, plots and model artefact.\n",
+    "params.yaml": "# modelshelf parameters (added by `shelf init`): validated on load (docs/pipeline.md).\n",
+}
+_STAGES_NOTE = "# modelshelf: prepare → train → evaluate → gate → serialise (added by `shelf init`)\n"
+
+
+@dataclass
+class _Block:
+    """One top-level key of a YAML file: its line span and, for a mapping or list, its items."""
+
+    key: str
+    first: int  # the key's line
+    last: int  # the last line of its content (comments at column 0 after it belong to the next key)
+    node: Any
+    items: list[tuple[str, int, int]]  # (name, first line, last line)
+    indent: int  # the items' indentation (of their keys or dashes)
+
+
+def _lines(text: str) -> list[str]:
+    return text.splitlines(keepends=True) if "\r" not in text else re.findall(r"[^\n]*\n|[^\n]+\Z", text)
+
+
+def _eol(line: str) -> str:
+    return line if line.endswith("\n") else line + "\n"
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path.name, f"not UTF-8 text (byte {exc.start})", "save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(path.name, f"cannot be read ({exc.strerror})", "check its permissions") from None
+
+
+def _load(path: Path, text: str | None) -> dict[str, Any]:
+    import yaml
+
+    if text is None:
+        return {}
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(path.name, f"not valid YAML{line}", "fix its syntax, then run `shelf init` again") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(path.name, f"expected a mapping at the top, got {type(data).__name__}",
+                          "write it as 'key: value' lines")
+    return data
+
+
+def _blocks(path: Path, text: str) -> dict[str, _Block]:
+    """The top-level keys of ``text`` (block style), each with its span and items."""
+    import yaml
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is None:
+        return {}
+    if not isinstance(root, yaml.MappingNode) or root.flow_style:
+        raise ConfigError(path.name, "its top level is not a block mapping", "write it as 'key: value' lines")
+    lines = _lines(text)
+    starts = [k.start_mark.line for k, _ in root.value]
+    blocks: dict[str, _Block] = {}
+    for i, (knode, vnode) in enumerate(root.value):
+        end = starts[i + 1] if i + 1 < len(starts) else len(lines)
+        last = _last_content(lines, knode.start_mark.line, end)
+        items: list[tuple[str, int, int]] = []
+        indent = 2
+        children = vnode.value if isinstance(vnode, (yaml.MappingNode, yaml.SequenceNode)) else []
+        if children:
+            if vnode.flow_style:
+                raise ConfigError(f"{path.name}: {knode.value}", "written in flow style ({...} or [...])",
+                                  "write it as a block (one entry a line) and run `shelf init` again")
+            firsts = [(c[0] if isinstance(vnode, yaml.MappingNode) else c).start_mark.line for c in children]
+            indent = len(lines[firsts[0]]) - len(lines[firsts[0]].lstrip(" "))
+            for j, child in enumerate(children):
+                stop = firsts[j + 1] if j + 1 < len(firsts) else last + 1
+                items.append((_item_name(child), firsts[j], _last_content(lines, firsts[j], stop)))
+        blocks[str(knode.value)] = _Block(str(knode.value), knode.start_mark.line, last, vnode, items, indent)
+    return blocks
+
+
+def _item_name(child: Any) -> str:
+    node = child[0] if isinstance(child, tuple) else child
+    if hasattr(node, "value") and isinstance(node.value, list):  # a list item that is a mapping
+        node = node.value[0][0] if node.value and isinstance(node.value[0], tuple) else node
+    return str(node.value) if isinstance(node.value, str) else ""
+
+
+def _last_content(lines: list[str], first: int, end: int) -> int:
+    """The last line in ``[first, end)`` that is neither blank nor a comment at column 0."""
+    last = first
+    for n in range(first, end):
+        if lines[n].strip() and not lines[n].startswith("#"):
+            last = n
+    return last
+
+
+def _gap(body: list[str], tlines: list[str], first: int) -> list[str]:
+    """A blank line before a template item that has one before it there (between items only)."""
+    return ["\n"] if body and first > 0 and not tlines[first - 1].strip() else []
+
+
+def _reindent(lines: list[str], base: int, indent: int, nl: str) -> list[str]:
+    out = []
+    for line in lines:
+        body = line.rstrip("\r\n")
+        out.append((" " * indent + body[base:] if body.strip() else "") + nl)
+    return out
+
+
+def _stage_runs(spec: Any, stage: str) -> bool:
+    """True when the dvc.yaml stage ``spec`` runs ``shelf STAGE``."""
+    cmd = spec.get("cmd") if isinstance(spec, Mapping) else None
+    if isinstance(cmd, list):
+        cmd = cmd[0] if cmd else None
+    try:
+        return isinstance(cmd, str) and shlex.split(cmd)[:2] == ["shelf", stage]
+    except ValueError:
+        return False
+
+
+def _merge_dvc_yaml(path: Path, template: str, prefix: str, user_params: Mapping[str, Any]) -> FileChange | None:
+    before = _read(path)
+    if "paths" in user_params:
+        raise ConfigError("params.yaml: paths", "your key clashes with modelshelf's dvc.yaml variable 'paths' "
+                          "(DVC reads params.yaml as variables)", "rename your key")
+    if before is None:
+        text = re.sub(rf"^  ({'|'.join(STAGES)}):$", rf"  {prefix}\1:", template, flags=re.M) if prefix else template
+        return FileChange(path, None, text, (*(f"stage {prefix}{s}" for s in STAGES),
+                                             "variables paths", *(f"plot {p}" for p in _PLOTS), "artifact model"))
+    user = _load(path, before)
+    blocks = _blocks(path, before)
+    tlines = _lines(template)
+    tblocks = _blocks(path, template)
+    wanted = {
+        "vars": [i for i in tblocks["vars"].items if not _has_paths(user.get("vars"), _template_paths(template))],
+        "stages": [i for i in tblocks["stages"].items if not _has_stage(user.get("stages"), i[0], prefix)],
+        "plots": [i for i in tblocks["plots"].items if i[0] not in _plot_names(user.get("plots"))],
+        "artifacts": [i for i in tblocks["artifacts"].items if not _has_model(user.get("artifacts"))],
+    }
+    labels = {"vars": "variables {}", "stages": "stage " + prefix + "{}", "plots": "plot {}", "artifacts": "artifact {}"}
+    added = tuple(labels[k].format(name) for k, items in wanted.items() for name, _, _ in items)
+    if not added:
+        return None
+    nl = "\r\n" if "\r\n" in before else "\n"
+    lines = _lines(before)
+    inserts: list[tuple[int, list[str]]] = []
+    appended: list[str] = []
+    for key, items in wanted.items():
+        if not items:
+            continue
+        tb = tblocks[key]
+        body: list[str] = []
+        for name, first, last in items:
+            chunk = tlines[first:last + 1]
+            if key == "stages" and prefix:
+                chunk = [chunk[0].replace(f"{name}:", f"{prefix}{name}:", 1), *chunk[1:]]
+            body += [*_gap(body, tlines, first), *chunk]
+        if key not in blocks:
+            appended += [f"{key}:{nl}", *_reindent(body, 0, 0, nl)]
+            continue
+        ub = blocks[key]
+        note = [nl, *_reindent([_STAGES_NOTE], 0, ub.indent, nl)] if key == "stages" else []
+        inserts.append((ub.last, note + _reindent(body, tb.indent, ub.indent, nl)))
+    for at, new in sorted(inserts, reverse=True):
+        if not lines[at].endswith("\n"):
+            lines[at] += nl
+        lines[at + 1:at + 1] = new
+    if appended:
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += nl
+        lines += [nl, _HEADER[DVC_YAML].replace("\n", nl), *appended]
+    after = "".join(lines)
+    _check_kept(path, user, _load(path, after))
+    return FileChange(path, before, after, added)
+
+
+def _merge_params(path: Path, before: str | None, user: Mapping[str, Any], template: str) -> FileChange | None:
+    from modelshelf.params import parse_params
+
+    if before is None:
+        return FileChange(path, None, template, tuple(f"section {s}" for s in _load(path, template)))
+    tblocks = _blocks(path, template)
+    tlines = _lines(template)
+    wanted = []
+    for name, block in tblocks.items():
+        if name not in user:
+            wanted.append(block)
+            continue
+        try:
+            parse_params({name: user[name]}, path.name)
+        except ConfigError as exc:
+            raise ConfigError(f"{path.name}: {name}", f"your project's own '{name}:' key is not modelshelf's "
+                              f"section ({exc.where.partition(': ')[2]}: {exc.problem})",
+                              f"rename your key: modelshelf's parameters live under '{name}:'") from None
+    if not wanted:
+        return None
+    nl = "\r\n" if "\r\n" in before else "\n"
+    lines = _lines(before)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += nl
+    lines += [nl] if lines else []
+    lines.append(_HEADER["params.yaml"].replace("\n", nl))
+    body: list[str] = []
+    for block in wanted:
+        body += [*_gap(body, tlines, block.first), *tlines[block.first:block.last + 1]]
+    lines += _reindent(body, 0, 0, nl)
+    after = "".join(lines)
+    merged = _load(path, after)
+    _check_kept(path, user, merged)
+    parse_params(merged, path.name)  # a key of the project's that reads as a typo of a section fails here
+    return FileChange(path, before, after, tuple(f"section {b.key}" for b in wanted))
+
+
+def _check_kept(path: Path, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
+    """Every top-level value (and every entry of a mapping or list) of the project's reads as it did."""
+    for key, value in before.items():
+        new = after.get(key)
+        if isinstance(value, Mapping):
+            ok = isinstance(new, Mapping) and all(new.get(k) == v and k in new for k, v in value.items())
+        elif isinstance(value, list):
+            ok = isinstance(new, list) and new[:len(value)] == value
+        else:
+            ok = new == value
+        if not ok:
+            raise ConfigError(f"{path.name}: {key}", "modelshelf's entries cannot be inserted into its layout",
+                              "add them by hand (see docs/adopting.md and `shelf init --dry-run` in an empty directory)")
+
+
+def _template_paths(template: str) -> Mapping[str, Any]:
+    for entry in _load(Path(DVC_YAML), template).get("vars") or []:
+        if isinstance(entry, Mapping) and "paths" in entry:
+            return entry["paths"]
+    return {}
+
+
+def _has_paths(user_vars: Any, ours: Mapping[str, Any]) -> bool:
+    for entry in user_vars or []:
+        if isinstance(entry, Mapping) and "paths" in entry:
+            theirs = entry["paths"]
+            missing = [k for k in ours if not (isinstance(theirs, Mapping) and k in theirs)]
+            if missing:
+                raise ConfigError(f"{DVC_YAML}: vars.paths", f"your variable 'paths' lacks modelshelf's "
+                                  f"{', '.join(missing)}", "rename your variable, or add those keys to it")
+            return True
+    return False
+
+
+def _has_stage(user_stages: Any, stage: str, prefix: str) -> bool:
+    stages = user_stages if isinstance(user_stages, Mapping) else {}
+    if any(_stage_runs(spec, stage) for spec in stages.values()):
+        return True  # modelshelf's (perhaps edited, perhaps prefixed) is already there
+    if f"{prefix}{stage}" in stages:
+        hint = f"--prefix {prefix}x" if prefix else "--prefix ms_"
+        raise ConfigError(f"{DVC_YAML}: stages.{prefix}{stage}", "your project has a stage of this name",
+                          f"pass `shelf init {hint}` (modelshelf's stages become {prefix or 'ms_'}prepare, …) "
+                          "or rename yours")
+    return False
+
+
+def _plot_names(user_plots: Any) -> set[str]:
+    names: set[str] = set()
+    for entry in user_plots or []:
+        names.update(map(str, entry) if isinstance(entry, Mapping) else [str(entry)])
+    return names
+
+
+def _has_model(user_artifacts: Any) -> bool:
+    for name, art in (user_artifacts or {}).items():
+        if isinstance(art, Mapping) and art.get("type") == "model":
+            if Path(str(art.get("path"))).as_posix() == MODEL_PATH:
+                return True
+            raise ConfigError(f"{DVC_YAML}: artifacts.{name}", "your project already declares a type: model "
+                              f"artefact, and modelshelf's registry needs exactly one ({MODEL_PATH})",
+                              "drop 'type: model' from yours, or point its path at " + MODEL_PATH)
+        if name == "model":
+            raise ConfigError(f"{DVC_YAML}: artifacts.model", "your project has an artefact of this name",
+                              "rename yours: modelshelf registers its model as 'model'")
+    return False
+
+
+def _append_lines(path: Path, wanted: tuple[str, ...]) -> FileChange | None:
+    before = _read(path)
+    have = {line.strip() for line in (before or "").splitlines()}
+    missing = [line for line in wanted if line not in have]
+    if not missing:
+        return None
+    nl = "\r\n" if before and "\r\n" in before else "\n"
+    text = before or ""
+    if text and not text.endswith("\n"):
+        text += nl
+    return FileChange(path, before, text + "".join(m + nl for m in missing), tuple(f"line {m}" for m in missing))
 
 
 def _run(cmd: list[str], cwd: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,26 @@ from modelshelf.errors import GateFailed
 def cmd_init(a: argparse.Namespace) -> int:
     from modelshelf.project import init
 
-    for path in init(a.dir, force=a.force):
-        print(f"wrote {path}")
-    print("next: `dvc repro` runs prepare → train → evaluate → gate → serialise")
+    result = init(a.dir, force=a.force, dry_run=a.dry_run, prefix=a.prefix)
+    if result.nothing_to_add:
+        print(f"nothing to add: modelshelf is already set up in {result.root}")
+        return 0
+    would = "would " if a.dry_run else ""
+    if a.dry_run:
+        for change in result.changes:
+            print(change.diff(result.root), end="")
+    for step in result.setup:
+        print(f"{would}run `{step}`")
+    for change in result.changes:
+        rel = change.path.relative_to(result.root).as_posix()
+        for item in change.added:
+            print(f"{rel}: {would}add {item}")
+        if not change.added:
+            print(f"{rel}: {would}create")
+    if a.dry_run:
+        print("dry run: nothing written")
+    else:
+        print("next: `dvc repro` runs your stages and modelshelf's prepare → train → evaluate → gate → serialise")
     return 0
 
 
@@ -60,9 +78,11 @@ def _stage_defaults(a: argparse.Namespace, stage: str, names: Sequence[str]) -> 
 
 
 def cmd_gate(a: argparse.Namespace) -> int:
+    from modelshelf.pipeline import experiments
     from modelshelf.pipeline.stages import gate
 
     _stage_defaults(a, "gate", ("params", "metrics", "out"))
+    experiments.borrow_refs((a.params or Path("params.yaml")).resolve().parent)
     if a.prepared is None and a.params is not None and (a.params.resolve().parent / "dvc.yaml").is_file():
         from modelshelf.project import stage_options
 
@@ -70,8 +90,14 @@ def cmd_gate(a: argparse.Namespace) -> int:
         a.prepared = root / p if (p := stage_options(root, "gate").get("prepared")) else None
     result = gate(a.params or Path("params.yaml"), a.metrics, None if a.no_write else a.out, a.prepared,
                   _gated_candidate(a))
+    if a.verdict is not None and not a.no_write:
+        experiments.write_verdict(a.verdict, result.passed, [c.metric for c in result.checks if not c.passed])
     print(json.dumps(result.to_json(), indent=2) if a.json else result.table())
     if not result.passed:
+        if (name := experiments.current()) is not None and not a.no_write:
+            print(f"experiment {name}: the failed gate is recorded in {a.out} (`dvc exp show` lists it); "
+                  "it will not be serialised or released", file=sys.stderr)
+            return 0
         raise GateFailed(str(a.out or a.metrics), "the candidate did not clear the gate",
                          "see the table above; nothing will be serialised")
     return 0
@@ -96,10 +122,27 @@ def _gated_candidate(a: argparse.Namespace) -> Path | None:
     return root / found if found else None
 
 
+def _modified(git: dict[str, Any]) -> str:
+    """`` (modified: params.yaml, src/x.py)`` for ``shelf show``; an older card says only dirty."""
+    if "modified" in git:
+        files = git["modified"]
+        return f" (modified: {', '.join(files[:4])}{', …' if len(files) > 4 else ''})" if files else ""
+    return " (dirty)" if git.get("dirty") else ""
+
+
 def cmd_serialise(a: argparse.Namespace) -> int:
+    from modelshelf.pipeline import experiments
     from modelshelf.pipeline.stages import serialise
 
-    done = serialise(a.params, a.prepared, a.candidate, a.metrics, a.gate, a.out, a.profile)
+    experiments.borrow_refs(a.params.resolve().parent)
+    try:
+        done = serialise(a.params, a.prepared, a.candidate, a.metrics, a.gate, a.out, a.profile)
+    except GateFailed:
+        if (name := experiments.current()) is None or not experiments.gate_failed(a.gate):
+            raise
+        print(f"experiment {name}: the gate failed: nothing serialised ({a.out} keeps the model the "
+              "experiment started from)", file=sys.stderr)
+        return 0
     c = done.card
     print(f"serialise: {c['name']} v{c['version']} ({c['version_bump']}) → {done.model_path} "
           f"sha256 {c['artefacts']['model']['sha256'][:12]}, card {done.card_path}")
@@ -184,7 +227,7 @@ def render_card(card: dict[str, Any]) -> str:
     lines = [
         f"{card['name']} v{card['version']}  ({card.get('version_bump', '')})",
         f"  trained    {card['trained_at']} from commit {(card['git'].get('commit') or 'none')[:12]}"
-        + (" (dirty)" if card["git"].get("dirty") else ""),
+        + _modified(card["git"]),
         f"  algorithm  {card['algorithm']}",
         f"  dataset    {ds['source']}: {ds['rows']} rows, sha256 {ds['sha256'][:12]}",
         f"  model      {model['file']}: {model['bytes']} bytes, sha256 {model['sha256'][:12]}",
@@ -218,9 +261,13 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 def register(add: Add) -> None:
     """Add these subcommands and their arguments."""
-    p = add("init", cmd_init, "scaffold the workflow (git, DVC, dvc.yaml, params.yaml) in DIR")
+    p = add("init", cmd_init, "set up the workflow in DIR, new or existing (merges into dvc.yaml, params.yaml)")
     p.add_argument("dir", nargs="?", default=".", type=Path)
-    p.add_argument("--force", action="store_true", help="overwrite dvc.yaml and params.yaml")
+    p.add_argument("--force", action="store_true",
+                   help="re-merge into an existing project (never erases its own stages or keys)")
+    p.add_argument("--dry-run", action="store_true", help="show the diff of each file; write nothing")
+    p.add_argument("--prefix", default="", metavar="PREFIX",
+                   help="prefix modelshelf's stage names (ms_ → ms_prepare, …) beside stages of yours")
 
     p = add("prepare", cmd_prepare, "stage: validate and split the dataset")
     p.add_argument("--params", type=Path, required=True)
@@ -245,6 +292,8 @@ def register(add: Add) -> None:
                    "re-score the baseline model on (default: as in dvc.yaml's gate stage)")
     p.add_argument("--metrics", type=Path, help="default: as in dvc.yaml's gate stage")
     p.add_argument("--out", type=Path, help="default: as in dvc.yaml's gate stage")
+    p.add_argument("--verdict", type=Path, help="also write the verdict as DVC metrics (gate: passed|failed, "
+                   "failed: the metrics that failed), a column in `dvc exp show`")
     p.add_argument("--no-write", action="store_true", help="print the verdict only")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 

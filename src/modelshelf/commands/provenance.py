@@ -31,21 +31,21 @@ def _emit(text: str, out: str | None, what: str) -> int:
 
 
 def cmd_bom(a: argparse.Namespace) -> int:
-    from modelshelf.registry.bom import bom
+    from modelshelf import api
 
-    return _emit(bom(".", a.version), a.out, "the CycloneDX 1.6 BOM")
+    return _emit(api.bom(".", a.version), a.out, "the CycloneDX 1.6 BOM")
 
 
 def cmd_env(a: argparse.Namespace) -> int:
-    from modelshelf.registry.environment import requirements
+    from modelshelf import api
 
-    return _emit(requirements(".", a.version), a.out, "the requirements")
+    return _emit(api.requirements(".", a.version), a.out, "the requirements")
 
 
 def cmd_keygen(a: argparse.Namespace) -> int:
-    from modelshelf.registry.signing import generate_keypair
+    from modelshelf import api
 
-    private, public = generate_keypair(a.directory, a.name)
+    private, public = api.generate_keypair(a.directory, a.name)
     print(f"wrote {private} (keep it secret, out of git) and {public}: commit it and list it in "
           "params.yaml release.trust.keys, then `shelf release --sign --sign-key " + str(private) + "`")
     return 0

@@ -12,11 +12,11 @@ from modelshelf.commands import Add, number, path, pushable
 
 
 def cmd_release(a: argparse.Namespace) -> int:
-    from modelshelf.registry.release import release
+    from modelshelf import api
     from modelshelf.registry.signing import KeySpec
 
     key = KeySpec.from_options(sign=a.sign, key=a.sign_key, cert=a.sign_cert, chain=a.sign_chain)
-    done = release(push=a.push, git_remote=a.git_remote, dvc_remote=a.remote, renumber=a.renumber,
+    done = api.release(push=a.push, git_remote=a.git_remote, dvc_remote=a.remote, renumber=a.renumber,
                    skip_released=a.skip_released, sign=key, sign_tag=a.sign_tag)
     for note in done.notes:
         print(note)
@@ -36,9 +36,9 @@ def cmd_release(a: argparse.Namespace) -> int:
 
 
 def cmd_versions(a: argparse.Namespace) -> int:
-    from modelshelf.registry.core import Workspace, open_registry
+    from modelshelf import api
 
-    reg = open_registry(Workspace.open())
+    reg = api.versions()
     rows = [r.summary() for r in reversed(reg.releases)]
     if a.plot is not None:
         from modelshelf.pipeline import plots
@@ -74,9 +74,9 @@ def cmd_versions(a: argparse.Namespace) -> int:
 
 
 def cmd_diff(a: argparse.Namespace) -> int:
-    from modelshelf.registry.core import Workspace, open_registry
+    from modelshelf import api
 
-    reg = open_registry(Workspace.open())
+    reg = api.versions()
     old, new = reg.find(a.old, check=False), reg.find(a.new, check=False)
     from modelshelf.card import diff_cards
 
@@ -97,9 +97,9 @@ def cmd_diff(a: argparse.Namespace) -> int:
 
 
 def cmd_promote(a: argparse.Namespace) -> int:
-    from modelshelf.registry.promotion import promote
+    from modelshelf import api
 
-    done = promote(".", a.version, a.to, push=a.push, git_remote=a.git_remote)
+    done = api.promote(".", a.version, a.to, push=a.push, git_remote=a.git_remote)
     for note in done.notes:
         print(note)
     if done.already:
@@ -112,29 +112,28 @@ def cmd_promote(a: argparse.Namespace) -> int:
 
 
 def cmd_deprecate(a: argparse.Namespace) -> int:
-    from modelshelf.registry.promotion import deprecate
+    from modelshelf import api
 
-    print(f"deprecated: {deprecate('.', a.version, push=a.push, git_remote=a.git_remote)}")
+    print(f"deprecated: {api.deprecate('.', a.version, push=a.push, git_remote=a.git_remote)}")
     return 0
 
 
 def cmd_rollback(a: argparse.Namespace) -> int:
-    from modelshelf.registry.promotion import rollback_stage
-    from modelshelf.registry.restore import rollback
+    from modelshelf import api
 
     if a.stage:
         if a.version:
             from modelshelf.errors import ConfigError
 
             raise ConfigError("shelf rollback", "give a VERSION or --stage, not both", "pick one")
-        done = rollback_stage(".", a.stage, push=a.push, git_remote=a.git_remote)
+        done = api.rollback_stage(".", a.stage, push=a.push, git_remote=a.git_remote)
         print(f"{a.stage} rolled back to v{done.version} ({done.tag})")
         return 0
     if not a.version:
         from modelshelf.errors import ConfigError
 
         raise ConfigError("shelf rollback", "no VERSION or --stage given", "e.g. `shelf rollback v1.2.0`")
-    r = rollback(".", a.version, force=a.force)
+    r = api.rollback(".", a.version, force=a.force)
     print(f"workspace at v{r.version}: pipeline files from git, outputs from the {r.source} (every object "
           f"verified before any file was written); {r.directory} verified against the card at the tag. "
           f"Commit to keep it (`git commit -am 'roll back to v{r.version}'`)")
@@ -142,17 +141,16 @@ def cmd_rollback(a: argparse.Namespace) -> int:
 
 
 def cmd_get(a: argparse.Namespace) -> int:
-    from modelshelf.registry.restore import get
+    from modelshelf import api
 
-    r = get(".", a.version, a.out)
+    r = api.get(".", a.version, a.out)
     print(f"fetched v{r.version} into {r.directory} from the {r.source}; sha256 verified against the card "
           "at its tag")
     if a.signature:
         from modelshelf.registry import signing
-        from modelshelf.registry.core import Workspace, open_registry
+        from modelshelf.registry.core import Workspace
 
-        ws = Workspace.open()
-        bundle = signing.bundle_at(ws.repo, open_registry(ws).find(a.version).tag)
+        bundle = signing.bundle_at(Workspace.open().repo, api.versions().find(a.version).tag)
         if bundle is None:
             print(f"v{r.version} is not signed: no {signing.SIGNATURE_FILE} written")
         else:
@@ -161,9 +159,9 @@ def cmd_get(a: argparse.Namespace) -> int:
 
 
 def cmd_gc(a: argparse.Namespace) -> int:
-    from modelshelf.registry.gc import gc
+    from modelshelf import api
 
-    done = gc(".", cloud=a.cloud, dvc_remote=a.remote, dry=a.dry)
+    done = api.gc(".", cloud=a.cloud, dvc_remote=a.remote, dry=a.dry)
     for line in done.lines():
         print(line)
     if done.dry:

@@ -57,15 +57,15 @@ def positive_int(value: str) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from modelshelf.serve.batch import predict_csv
+    from modelshelf import api
 
-    done = predict_csv(a.model, a.input, a.out, allow_version_mismatch=a.allow_version_mismatch)
+    done = api.predict(a.model, a.input, a.out, allow_version_mismatch=a.allow_version_mismatch)
     print(f"scored {done.rows} rows with v{done.version} → {done.output}")
     return 0
 
 
 def cmd_drift(a: argparse.Namespace) -> int:
-    from modelshelf.drift import check
+    from modelshelf import api
     from modelshelf.errors import DriftDetected, SchemaBreak
 
     if a.data is None:  # the newest data: what params.yaml trains on
@@ -80,7 +80,7 @@ def cmd_drift(a: argparse.Namespace) -> int:
             raise ConfigError("params.yaml: data.source", f"{source} is built in: there is no new data",
                               "pass a CSV: `shelf drift NEW.csv`")
         a.data = root / source
-    rep = check(".", a.data, a.model, predictions=not a.no_predictions)
+    rep = api.drift(".", a.data, a.model, predictions=not a.no_predictions)
     if a.plot is not None:
         from modelshelf.pipeline import plots
 

@@ -22,6 +22,12 @@ BUILTINS = {
 }
 MAX_CLASSES_FOR_AUTO = 20
 MAX_RECORDED_CATEGORIES = 1000
+PARQUET_SUFFIXES = (".parquet", ".pq")
+# A string column is "mostly unique", like an ID, when at least this share of its values are
+# distinct, over more than UNIQUE_MIN_DISTINCT of them: one-hot encoding it learns nothing.
+UNIQUE_SHARE = 0.9
+UNIQUE_MIN_DISTINCT = 20
+SHOWN_ROWS = 5
 
 
 @dataclass(frozen=True)
@@ -32,8 +38,20 @@ class Dataset:
     sha256: str
 
 
+def source_format(params: DataParams) -> str:
+    """``csv`` or ``parquet``: ``data.format``, or when ``auto`` the source's extension."""
+    if params.format != "auto":
+        return params.format
+    return "parquet" if params.source.lower().endswith(PARQUET_SUFFIXES) else "csv"
+
+
 def load_source(params: DataParams, root: Path) -> Dataset:
-    """Read ``data.source``: ``builtin:NAME`` or a CSV path relative to ``root``."""
+    """Read ``data.source``: ``builtin:NAME``, or a CSV (``data.sep``) or Parquet file relative
+    to ``root`` (``data.format``).
+
+    Raises:
+        DataError: an unknown built-in, a missing, empty or unreadable file.
+    """
     import pandas as pd
 
     if params.source.startswith("builtin:"):
@@ -53,14 +71,68 @@ def load_source(params: DataParams, root: Path) -> Dataset:
         raise DataError(where, "data file not found (data.source in params.yaml)",
                         "check the path, or run `dvc pull` if it is tracked by DVC")
     raw = path.read_bytes()
-    try:
-        frame = pd.read_csv(path, **_exact_floats())
-    except pd.errors.EmptyDataError:
-        raise DataError(where, "the CSV file is empty", "add a header row and data rows") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise DataError(where, f"malformed CSV ({detail})", "fix the file so every row has the header's columns") from None
+    if source_format(params) == "parquet":
+        frame = _read_parquet(path, where)
+    else:
+        try:
+            # an ID is read as written: "007" stays "007"
+            ids = {"dtype": {params.id: str}} if params.id is not None else {}
+            frame = pd.read_csv(path, sep=params.sep, **ids, **_exact_floats())
+        except pd.errors.EmptyDataError:
+            raise DataError(where, "the CSV file is empty", "add a header row and data rows") from None
+        except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise DataError(where, f"malformed CSV ({detail})",
+                            "fix the file so every row has the header's columns") from None
+    frame.columns = [str(c) for c in frame.columns]
     return Dataset(frame, params.source, params.source, hashlib.sha256(raw).hexdigest())
+
+
+def _read_parquet(path: Path, where: str) -> pd.DataFrame:
+    import pandas as pd
+
+    try:
+        import pyarrow  # noqa: F401 - pandas' Parquet engine
+    except ImportError:
+        raise DataError(where, "reading Parquet needs pyarrow, which is not installed",
+                        "pip install pyarrow, or convert the file to CSV") from None
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(where, f"not a readable Parquet file ({detail})",
+                        "write it again with pandas.DataFrame.to_parquet, or set data.format: csv") from None
+
+
+def apply_controls(frame: pd.DataFrame, params: DataParams, where: str) -> tuple[pd.DataFrame, int]:
+    """Apply ``data.drop``, check ``data.id``, and handle rows without a target
+    (``data.missing_target``).
+
+    Returns:
+        The frame without the dropped columns (and rows), and how many rows were dropped.
+
+    Raises:
+        DataError: an unknown column, or missing targets when ``data.missing_target`` is error.
+    """
+    columns = tuple(map(str, frame.columns))
+    for key, name in [*(("data.drop", c) for c in params.drop), ("data.id", params.id)]:
+        if name is not None and name not in columns:
+            raise DataError(where, f"column '{name}' ({key} in params.yaml) not found",
+                            suggest(name, columns, "columns"))
+    out = frame.drop(columns=list(params.drop)) if params.drop else frame
+    if params.target not in columns:
+        return out, 0  # validate() names it, with its did-you-mean
+    missing = out[params.target].isna().to_numpy()
+    n = int(missing.sum())
+    if not n:
+        return out, 0
+    if params.missing_target == "error":
+        rows = [int(i) + 1 for i in missing.nonzero()[0][:SHOWN_ROWS]]
+        shown = ", ".join(map(str, rows)) + (", …" if n > SHOWN_ROWS else "")
+        raise DataError(where, f"target column '{params.target}' has {n} missing value{'s' * (n != 1)} "
+                        f"(data rows {shown}; row 1 is the first below the header)",
+                        "fill or remove those rows, or set data.missing_target: drop")
+    return out[~missing].reset_index(drop=True), n
 
 
 def infer_task(y: pd.Series, requested: str) -> str:
@@ -86,18 +158,22 @@ def validate(frame: pd.DataFrame, params: DataParams, where: str) -> str:
     if frame.shape[0] == 0:
         raise DataError(where, "the dataset has no rows", "add data rows below the header")
     if target not in frame.columns:
-        raise DataError(where, f"target column '{target}' (data.target in params.yaml) not found",
-                        suggest(target, tuple(map(str, frame.columns)), "columns"))
-    if frame.shape[1] < 2:
+        columns = tuple(map(str, frame.columns))
+        remedy = suggest(target, columns, "columns")
+        if len(columns) == 1 and (seps := [c for c in ";\t|," if c != params.sep and c in columns[0]]):
+            remedy = f"the header reads as one column: set data.sep: {seps[0]!r}"
+        raise DataError(where, f"target column '{target}' (data.target in params.yaml) not found", remedy)
+    if frame.shape[1] - (params.id is not None and params.id in frame.columns) < 2:
         raise DataError(where, "no feature columns besides the target", "add feature columns")
     y = frame[target]
     if y.isna().any():
         raise DataError(where, f"target column '{target}' has {int(y.isna().sum())} missing values",
                         "remove or fill those rows")
-    empty = [str(c) for c in frame.columns if frame[c].isna().all()]
+    empty = [str(c) for c in frame.columns if c != params.id and frame[c].isna().all()]
     if empty:
         raise DataError(where, f"column '{empty[0]}' has no values (all NaN)",
-                        "drop the column or fill it")
+                        "add it to data.drop or fill it")
+    check_cardinality(frame, params, where)
     task = infer_task(y, params.task)
     if task != "regression":
         counts = y.value_counts()
@@ -119,21 +195,51 @@ def validate(frame: pd.DataFrame, params: DataParams, where: str) -> str:
     return task
 
 
+def check_cardinality(frame: pd.DataFrame, params: DataParams, where: str) -> None:
+    """Refuse a string feature with more than ``data.max_categories`` distinct values, or one
+    whose values are mostly unique (an ID): one-hot encoding it would learn nothing.
+
+    Raises:
+        DataError: naming the column, its distinct count and the remedies.
+    """
+    import pandas as pd
+
+    for col in frame.columns:
+        if col in (params.target, params.id):
+            continue
+        s = frame[col]
+        if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            continue
+        present = s.dropna()
+        distinct = int(present.astype(str).nunique())
+        if distinct > UNIQUE_MIN_DISTINCT and distinct >= UNIQUE_SHARE * len(present):
+            raise DataError(where, f"column '{col}' has {distinct} distinct values in {len(present)} rows: "
+                            "mostly unique, like an ID, so nothing can be learnt from it",
+                            "add it to data.drop, or name it data.id if it identifies rows "
+                            "(raising data.max_categories does not admit a mostly unique column)")
+        if distinct > params.max_categories:
+            raise DataError(where, f"column '{col}' has {distinct} distinct values, more than "
+                            f"data.max_categories ({params.max_categories}) to one-hot encode",
+                            f"add it to data.drop, name it data.id if it identifies rows, "
+                            f"or raise data.max_categories to at least {distinct}")
+
+
 def _n_test(n: int, test_size: float) -> int:
     import math
 
     return math.ceil(n * test_size)
 
 
-def normalise(frame: pd.DataFrame, target: str) -> pd.DataFrame:
-    """Categorical features (object, bool, category) become strings; NaN stays NaN."""
+def normalise(frame: pd.DataFrame, target: str, id_column: str | None = None) -> pd.DataFrame:
+    """Categorical features (object, bool, category) become strings; NaN stays NaN.  The ID
+    column is left as it is."""
     import pandas as pd
 
     out = frame.copy()
     if pd.api.types.is_bool_dtype(out[target]):
         out[target] = out[target].astype(str)
     for col in out.columns:
-        if col == target:
+        if col in (target, id_column):
             continue
         s = out[col]
         if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
@@ -141,13 +247,14 @@ def normalise(frame: pd.DataFrame, target: str) -> pd.DataFrame:
     return out
 
 
-def schema_of(frame: pd.DataFrame, target: str, task: str) -> dict[str, Any]:
-    """The input schema: features (name, kind, dtype, categories), target, task, classes."""
+def schema_of(frame: pd.DataFrame, target: str, task: str, id_column: str | None = None) -> dict[str, Any]:
+    """The input schema: features (name, kind, dtype, categories), target, task, classes, and
+    the ID column (``id``: name and dtype, never a feature) when there is one."""
     import pandas as pd
 
     features = []
     for col in frame.columns:
-        if col == target:
+        if col in (target, id_column):
             continue
         s = frame[col]
         if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
@@ -166,6 +273,8 @@ def schema_of(frame: pd.DataFrame, target: str, task: str) -> dict[str, Any]:
     }
     if task != "regression":
         schema["classes"] = sorted(_json_scalar(v) for v in y.unique())
+    if id_column is not None:
+        schema["id"] = {"name": str(id_column), "dtype": str(frame[id_column].dtype)}
     return schema
 
 

@@ -13,12 +13,15 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelshelf.errors import ConfigError, DataError
 from modelshelf.gitrepo import GitRepo
 from modelshelf.pipeline.metrics import CATALOGUE, higher_is_better, metrics_for
-from modelshelf.params import GateParams, suggest
+from modelshelf.params import NO_BASELINE, GateParams, suggest
+
+if TYPE_CHECKING:  # numpy is imported only when significance is asked for
+    from modelshelf.pipeline.significance import Interval, Outputs
 
 SCHEMA_VERSION = 1
 RESCORED = "re-scored on this held-out set"
@@ -34,6 +37,7 @@ class Rescore:
     metrics: Mapping[str, float] | None = None  # the baseline model on this held-out set
     committed: Mapping[str, float] | None = None  # the metrics committed at the revision
     model: Mapping[str, Any] = field(default_factory=dict)  # version, sha256, source, rows
+    outputs: Outputs | None = None    # the baseline model's held-out outputs (significance)
 
     def label(self) -> str:
         """``re-scored on this held-out set (240 rows)``."""
@@ -72,7 +76,7 @@ class Baseline:
 
 
 def with_rescore(base: Baseline, metrics: Mapping[str, float] | None, note: str,
-                 model: Mapping[str, Any] | None = None) -> Baseline:
+                 model: Mapping[str, Any] | None = None, outputs: Outputs | None = None) -> Baseline:
     """``base`` compared with the re-scored ``metrics`` when they are usable, else with its
     committed metrics and ``note`` saying why.
 
@@ -91,7 +95,7 @@ def with_rescore(base: Baseline, metrics: Mapping[str, float] | None, note: str,
         else:
             clean = catalogue_numbers(metrics)
             return replace(base, metrics=clean,
-                           rescore=Rescore(True, note, clean, committed, dict(model or {})))
+                           rescore=Rescore(True, note, clean, committed, dict(model or {}), outputs))
     return replace(base, rescore=Rescore(False, note, None if metrics is None else dict(metrics),
                                          committed, dict(model or {})))
 
@@ -108,6 +112,7 @@ class Check:
     reasons: tuple[str, ...] = ()
     rescored: bool = False            # ``baseline`` is the baseline model re-scored
     committed: float | None = None    # the committed baseline value, when ``rescored``
+    interval: Interval | None = None  # the paired interval of (candidate − baseline)
 
     def line(self) -> str:
         """``✓ accuracy: 0.947 (threshold ≥ 0.88, baseline 0.900)``; a re-scored baseline
@@ -120,6 +125,8 @@ class Check:
         ctx = [f"threshold {cmp} {_fmt(self.threshold)}" if self.threshold is not None else "no threshold", base]
         if self.tolerance:
             ctx.append(f"tolerance {_fmt(self.tolerance)}")
+        if self.interval is not None:
+            ctx.append(f"change {self.interval.text()} at {self.interval.level:.4g}")
         text = f"{mark} {self.metric}: {_fmt(self.value)} ({', '.join(ctx)})"
         return text + (": " + "; ".join(self.reasons) if self.reasons else "")
 
@@ -131,6 +138,8 @@ class GateResult:
     checks: tuple[Check, ...]
     baseline: Baseline
     metrics: Mapping[str, float] = field(default_factory=dict)
+    regression: str = "point"
+    significance: str = ""            # how regressions were judged, or why not as asked
 
     def table(self) -> str:
         """The human verdict: one line per gated metric, then the baseline and verdict."""
@@ -146,6 +155,8 @@ class GateResult:
             lines.append(f"baseline: {b.path} {where}")
         else:
             lines.append(f"baseline: none ({b.note}); thresholds only")
+        if self.significance:
+            lines.append(f"regressions: {self.significance}")
         lines.append("gate: PASSED" if self.passed else "gate: FAILED")
         return "\n".join(lines)
 
@@ -165,9 +176,11 @@ class GateResult:
                     "reasons": list(c.reasons),
                     "baseline_committed": _json_num(c.committed if c.rescored else c.baseline),
                     "baseline_rescored": _json_num(c.baseline) if c.rescored else None,
+                    **({} if c.interval is None else c.interval.to_json()),
                 }
                 for c in self.checks
             },
+            "regression": {"mode": self.regression, "note": self.significance},
             "baseline": self._baseline_json(),
             "candidate": {k: _json_num(v) for k, v in self.metrics.items()},
         }
@@ -184,19 +197,67 @@ class GateResult:
         }
 
 
-def judge(metrics: Mapping[str, Any], params: GateParams, task: str, baseline: Baseline) -> GateResult:
-    """The verdict on ``metrics`` for a ``task`` model; ConfigError for impossible thresholds."""
+def check_names(params: GateParams, task: str) -> None:
+    """Every gated metric name is one a ``task`` model produces, and at least one is gated.
+
+    Raises:
+        ConfigError: listing every bad name at once, each with its did-you-mean.
+    """
     produced = metrics_for(task)
-    gated = list(params.thresholds) + [m for m in params.tolerance if m not in params.thresholds]
-    for name in gated:
-        if name not in produced:
-            key = "thresholds" if name in params.thresholds else "tolerance"
-            raise ConfigError(f"params.yaml: gate.{key}.{name}",
-                              f"a {task} model does not produce '{name}'",
-                              suggest(name, tuple(produced), f"{task} metrics"))
-    if not gated:
+    bad = [(key, name) for key, names in (("thresholds", params.thresholds), ("tolerance", params.tolerance))
+           for name in names if name not in produced]
+    if bad:
+        where = ", ".join(f"gate.{key}.{name}" for key, name in bad)
+        names = ", ".join(f"'{name}'" for _, name in bad)
+        hints = "; ".join(f"{name}: {suggest(name, tuple(produced), f'{task} metrics')}" for _, name in bad)
+        raise ConfigError(f"params.yaml: {where}", f"a {task} model does not produce {names}",
+                          hints if len(bad) > 1 else suggest(bad[0][1], tuple(produced), f"{task} metrics"))
+    if not params.thresholds and not params.tolerance:
         raise ConfigError("params.yaml: gate.thresholds", "no metric is gated",
                           f"add at least one threshold, e.g. {produced[0]}: …")
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Both models' outputs on the same held-out rows, for ``gate.regression: significant``."""
+
+    candidate: Outputs
+    baseline: Outputs
+    seed: int
+
+
+def judge(metrics: Mapping[str, Any], params: GateParams, task: str, baseline: Baseline,
+          paired: Paired | None = None) -> GateResult:
+    """The verdict on ``metrics`` for a ``task`` model; ConfigError for impossible thresholds.
+
+    With ``gate.regression: significant`` and ``paired`` outputs of the baseline model re-scored
+    on the candidate's held-out rows, a drop counts only when the whole paired interval lies
+    beyond the tolerance; without them the point comparison applies and the result says why.
+    """
+    check_names(params, task)
+    gated = list(params.thresholds) + [m for m in params.tolerance if m not in params.thresholds]
+    found: dict[str, Interval] = {}
+    note = ""
+    if params.regression == "significant":
+        if not baseline.found:
+            note = "no baseline: nothing to test"
+        elif paired is None or not baseline.rescored:
+            note = ("point comparison: significance needs the baseline model re-scored on this "
+                    "held-out set" + (f" ({baseline.rescore.note})" if baseline.rescore and
+                                      not baseline.rescored else ""))
+        else:
+            from modelshelf.pipeline.significance import intervals
+
+            tested = [m for m in gated if baseline.metrics and _number(baseline.metrics.get(m)) is not None]
+            found = intervals(tested, paired.candidate, paired.baseline, task,
+                              confidence=params.confidence, resamples=params.resamples, seed=paired.seed)
+            level = 1 - (1 - params.confidence) / max(1, len(tested))
+            note = (f"significant only: paired bootstrap, {params.resamples} resamples, "
+                    f"{params.confidence:g} confidence Bonferroni-corrected over {len(tested)} "
+                    f"metric{'s' * (len(tested) != 1)} ({level:.4g} each)")
+            lacking = [m for m in tested if m not in found]
+            if lacking:
+                note += f"; point comparison for {', '.join(lacking)} (no interval)"
     checks = []
     for name in gated:
         hib = higher_is_better(name)
@@ -206,6 +267,7 @@ def judge(metrics: Mapping[str, Any], params: GateParams, task: str, baseline: B
         base = _number(baseline.metrics.get(name)) if baseline.metrics is not None else None
         committed = baseline.committed
         committed_value = _number(committed.get(name)) if baseline.rescored and committed is not None else None
+        interval = found.get(name) if base is not None else None
         reasons: list[str] = []
         if value is None:
             reasons.append("missing or NaN: fails closed")
@@ -214,17 +276,26 @@ def judge(metrics: Mapping[str, Any], params: GateParams, task: str, baseline: B
                 reasons.append(f"{'below' if hib else 'above'} threshold {_fmt(threshold)}")
             if base is not None:
                 delta = (base - value) if hib else (value - base)
-                if delta > tol + 1e-12:
+                if interval is not None:
+                    if interval.regressed(hib, tol):
+                        reasons.append(f"regressed by {_fmt(delta)} from baseline {_fmt(base)}, "
+                                       f"change {interval.text()} excludes "
+                                       f"{'-' if hib else '+'}{_fmt(tol)}")
+                elif delta > tol + 1e-12:
                     reasons.append(f"regressed by {_fmt(delta)} from baseline {_fmt(base)}"
                                    + (f" (tolerance {_fmt(tol)})" if tol else ""))
         checks.append(Check(name, value, hib, threshold, base, tol, not reasons, tuple(reasons),
-                            baseline.rescored, committed_value))
+                            baseline.rescored, committed_value, interval))
     clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return GateResult(all(c.passed for c in checks), task, tuple(checks), baseline, clean)
+    return GateResult(all(c.passed for c in checks), task, tuple(checks), baseline, clean,
+                      params.regression, note)
 
 
 def read_baseline(repo: GitRepo, rev: str, path: str) -> Baseline:
-    """The metrics committed at ``rev`` under repo-relative ``path``."""
+    """The metrics committed at ``rev`` under repo-relative ``path``; none for
+    ``gate.baseline: none`` (a first-of-a-line gate)."""
+    if rev == NO_BASELINE:
+        return Baseline(rev, path, note="gate.baseline: none: a first-of-a-line gate")
     commit = repo.resolve(rev)
     if commit is None and not repo.has_any_commit():
         return Baseline(rev, path, note="the repository has no commits yet: first model")

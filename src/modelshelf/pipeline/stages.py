@@ -17,7 +17,7 @@ from typing import Any
 from modelshelf import artefacts
 from modelshelf.card import CARD_FILE, MODEL_FILE, build_card, onnx_opsets, parse_card, schema_changed, utc_now
 from modelshelf.errors import ConfigError, DataError, GateFailed
-from modelshelf.pipeline.gate import GateResult, judge
+from modelshelf.pipeline.gate import GateResult, check_names, judge
 from modelshelf.gitrepo import GitRepo
 from modelshelf.pipeline.metrics import task_of
 from modelshelf.params import load_params
@@ -74,13 +74,18 @@ def prepare(params_path: Path, raw: Path, out: Path, profile_path: Path | None =
                               "the directory dvc.yaml declares as prepare's dependency",
                               f"move the file into {raw}/ and track it with `dvc add`")
     ds = data.load_source(params, root)
-    task = data.validate(ds.frame, params, ds.path or ds.source)
-    frame = data.normalise(ds.frame, params.target)
-    schema = data.schema_of(frame, params.target, task)
+    kept, dropped_rows = data.apply_controls(ds.frame, params, ds.path or ds.source)
+    task = data.validate(kept, params, ds.path or ds.source)
+    check_names(load_params(params_path).gate, task)  # every bad gate metric now, before training
+    frame = data.normalise(kept, params.target, params.id)
+    schema = data.schema_of(frame, params.target, task, params.id)
     train, test = data.split(frame, params, task)
     info = {"source": ds.source, "path": ds.path, "sha256": ds.sha256, "rows": int(len(frame)),
             "columns": int(frame.shape[1]), "train_rows": int(len(train)), "test_rows": int(len(test)),
-            "test_size": params.test_size, "random_state": params.random_state}
+            "test_size": params.test_size, "random_state": params.random_state,
+            "format": "builtin" if ds.path is None else data.source_format(params),
+            "id": params.id, "dropped_columns": list(params.drop),
+            "missing_target_dropped": dropped_rows}
     build = _staging(out)
     try:
         train.to_csv(build / "train.csv", index=False)
@@ -88,7 +93,7 @@ def prepare(params_path: Path, raw: Path, out: Path, profile_path: Path | None =
         artefacts.write_json(build / SCHEMA_FILE, schema)
         artefacts.write_json(build / DATASET_FILE, info)
         if profile_path is not None:
-            artefacts.write_json(profile_path, profiles.build(train, schema))
+            artefacts.write_json(profile_path, profiles.build(train, schema, dropped_rows))
         _replace_dir(build, out)
     finally:
         shutil.rmtree(build, ignore_errors=True)
@@ -102,12 +107,13 @@ def _schema(prepared: Path) -> dict[str, Any]:
 def train(params_path: Path, prepared: Path, out: Path) -> dict[str, Any]:
     """Fit the pipeline on the training split; write the candidate and its sha256."""
     from modelshelf.pipeline import data
-    from modelshelf.pipeline.train import json_safe_params, train as fit
+    from modelshelf.pipeline.train import fit, json_safe_params
 
     params = load_params(params_path)
     schema = _schema(prepared)
     X, y = data.read_split(prepared / "train.csv", schema)
-    pipeline = fit(X, y, params.train, schema, params.data.random_state)
+    trained = fit(X, y, params.train, schema, params.data.random_state, params_path.resolve().parent)
+    pipeline = trained.pipeline
     build = _staging(out)
     try:
         # Dumped once, here, with the final compression: serialise copies these exact bytes,
@@ -118,11 +124,18 @@ def train(params_path: Path, prepared: Path, out: Path) -> dict[str, Any]:
         info = {
             "sha256": artefacts.sha256_file(build / CANDIDATE_MODEL),
             "algorithm": params.train.estimator,
-            "pipeline": [f"{name}: {type(step).__name__}" for name, step in pipeline.steps],
+            # the factory (spec and its source's sha256) leads the card's pipeline section
+            "pipeline": [*([f"factory: {trained.factory.spec} (sha256 {trained.factory.sha256})"]
+                           if trained.factory else []),
+                         *(f"{name}: {type(step).__name__}" for name, step in pipeline.steps)],
             "hyperparams": json_safe_params(pipeline[-1]),
             "scikit-learn": sklearn.__version__,
             "compress": params.serialise.compress,
             "trained_at": utc_now(),
+            "preprocessing": trained.preprocessing,
+            **({"factory": trained.factory.record() | {"arguments": {
+                k: v if isinstance(v, (str, int, float, bool, type(None))) else repr(v)
+                for k, v in sorted(trained.arguments.items())}}} if trained.factory else {}),
         }
         artefacts.write_json(build / CANDIDATE_INFO, info)
         _replace_dir(build, out)
@@ -185,7 +198,8 @@ def gate(params_path: Path, metrics_path: Path, out: Path | None,
     """
     from modelshelf.pipeline import baseline as baselines
 
-    params = load_params(params_path).gate
+    everything = load_params(params_path)
+    params = everything.gate
     judged = candidate_sha256(candidate) if candidate is not None else None
     metrics = read_metrics(metrics_path)
     task = task_of(k for k, v in metrics.items() if v is not None)
@@ -193,9 +207,13 @@ def gate(params_path: Path, metrics_path: Path, out: Path | None,
         raise DataError(str(metrics_path), "cannot tell the task from its metric names",
                         "rerun `dvc repro evaluate`")
     repo = GitRepo.discover(metrics_path.resolve().parent)
+    significant = params.regression == "significant"
     baseline = baselines.read(repo, params.baseline, repo.relpath(metrics_path),
-                              root=params_path.resolve().parent, prepared=prepared)
-    result = judge(metrics, params, task, baseline)
+                              root=params_path.resolve().parent, prepared=prepared,
+                              bump=everything.release.bump, outputs=significant)
+    paired = (baselines.paired(baseline, candidate, prepared, everything.data.random_state)
+              if significant else None)
+    result = judge(metrics, params, task, baseline, paired)
     if out is not None:
         report = result.to_json()
         report["metrics_sha256"] = artefacts.sha256_file(metrics_path)
@@ -271,7 +289,9 @@ def serialise(params_path: Path, prepared: Path, candidate: Path, metrics_path: 
               repo.relpath(metrics_path.parent))
     card = build_card(
         name=name, version=str(version), bump=why, trained_at=info.get("trained_at") or utc_now(),
-        dataset={k: dataset[k] for k in ("source", "path", "sha256", "rows", "train_rows", "test_rows")},
+        dataset={k: dataset[k] for k in ("source", "path", "sha256", "rows", "train_rows", "test_rows",
+                                         "format", "id", "dropped_columns", "missing_target_dropped")
+                 if k in dataset},  # a dataset.json from before data controls lacks the last four
         algorithm=info["algorithm"], pipeline=info["pipeline"], hyperparams=info["hyperparams"],
         metrics=read_metrics(metrics_path),
         gate={"passed": True, "baseline": report.get("baseline", {}), "candidate_sha256": gated,
@@ -283,7 +303,7 @@ def serialise(params_path: Path, prepared: Path, candidate: Path, metrics_path: 
                    **({"onnx": onnx_record["artefact"]} if "artefact" in onnx_record else {})},
         onnx=onnx_record["summary"],
         profile=_profile_record(repo, profile_path, predictions, schema["task"]),
-        git={"commit": repo.head(), "dirty": repo.is_dirty(ignore)},
+        git=_trained_from(repo, ignore),
     )
     artefacts.write_json(card_path, card)
     return Serialised(card, model_path, card_path)
@@ -301,12 +321,13 @@ def _export_onnx(params: Any, prepared: Path, candidate: Path, schema: dict[str,
     if onnx_dir.exists():
         shutil.rmtree(onnx_dir)
     onnx_dir.mkdir(parents=True)
-    model, _ = load_candidate(candidate)
+    model, info = load_candidate(candidate)
     X, y = data.read_split(prepared / "test.csv", schema)
     predictions = model.predict(X)
     if not params.serialise.onnx:
         return {"summary": {"produced": False, "reason": "disabled by serialise.onnx"}}, predictions
-    result = onnxcopy.export(model, schema, X, y, regression_tolerance=params.serialise.onnx_tolerance)
+    result = onnxcopy.export(model, schema, X, y, regression_tolerance=params.serialise.onnx_tolerance,
+                             own_preprocessing=info.get("preprocessing", "modelshelf") == "modelshelf")
     if result.data is None:
         return {"summary": {"produced": False, "reason": result.reason, "parity": result.parity}}, predictions
     path = onnx_dir / onnxcopy.ONNX_FILE
@@ -325,6 +346,14 @@ def _profile_record(repo: GitRepo, profile_path: Path | None, predictions: Any, 
     if profile_path is not None and profile_path.is_file():
         record |= {"file": repo.relpath(profile_path), "sha256": artefacts.sha256_file(profile_path)}
     return record
+
+
+def _trained_from(repo: GitRepo, ignore: tuple[str, ...]) -> dict[str, Any]:
+    """The card's ``git`` section: the commit the model was trained from and the tracked files
+    that differed from it (one trains, then commits: ``modified`` says what the commit will add),
+    the pipeline's own outputs aside."""
+    modified = repo.modified(ignore)
+    return {"commit": repo.head(), "dirty": bool(modified), "modified": modified}
 
 
 def _baseline_card(repo: GitRepo, rev: str, path: str) -> dict[str, Any] | None:

@@ -21,7 +21,10 @@ class Scored:
 
 def predict_csv(spec: str, source: Path, output: Path, *, repo: Path = Path("."),
                 allow_version_mismatch: bool = False) -> Scored:
-    """Score ``source`` with the model ``spec`` names; write ``output`` atomically."""
+    """Score ``source`` with the model ``spec`` names; write ``output`` atomically.
+
+    When the card's input schema names an ID column (``data.id``) and ``source`` has it, the
+    output's first column is that ID, row for row, read as text (leading zeros kept)."""
     import numpy as np
     import pandas as pd
 
@@ -33,6 +36,9 @@ def predict_csv(spec: str, source: Path, output: Path, *, repo: Path = Path(".")
     loaded = load(where.directory, card=where.card, allow_version_mismatch=allow_version_mismatch, max_rows=0)
     schema = loaded.card["input_schema"]
     cats = {f["name"]: object for f in schema["features"] if f["kind"] == "categorical"}
+    id_name = (schema.get("id") or {}).get("name")
+    if id_name is not None:
+        cats[id_name] = object  # the ID as written, not as a number
     try:
         frame = pd.read_csv(source, dtype=cats, keep_default_na=True)
     except FileNotFoundError:
@@ -66,5 +72,10 @@ def predict_csv(spec: str, source: Path, output: Path, *, repo: Path = Path(".")
         if "probabilities" in result:
             out[f"proba_{cls}"] = [p[i] for p in result["probabilities"]]
     out.insert(0, "model_version", loaded.version)
+    if id_name is not None and id_name in frame.columns:
+        if id_name in out.columns:
+            raise DataError(str(source), f"the ID column '{id_name}' has the name of an output column",
+                            "rename the ID column (data.id) and retrain")
+        out.insert(0, id_name, frame[id_name].to_numpy())
     artefacts.write_text(output, out.to_csv(index=False))
     return Scored(loaded.version, len(frame), output)

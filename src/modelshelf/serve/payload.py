@@ -232,6 +232,9 @@ class Parser:
         self.numeric = [n for n in self.names if self.kinds[n] == "numeric"]
         self.categorical = [n for n in self.names if self.kinds[n] != "numeric"]
         self.wanted = frozenset(self.names)
+        # The ID column (data.id) may come along with the features: accepted and ignored.
+        self.id: str | None = (schema.get("id") or {}).get("name")
+        self.wanted_with_id = self.wanted | {self.id} if self.id is not None else self.wanted
         self.name_colons = sum(n.count(":") for n in self.wanted)
         self.row_colons = len(self.wanted) + self.name_colons  # in one row's text, without duplicates
         get = operator.itemgetter(*self.numeric) if self.numeric else None
@@ -252,6 +255,9 @@ class Parser:
         if body is not None:
             strings = sum("".join(filter(None, v)).count(":") for v in batch.categorical.values())
             members = batch.n * self.row_colons if "rows" in data else self.row_colons
+            if self.id is not None:  # one member (and its name's colons) per object holding the ID
+                holders = sum(self.id in row for row in data["rows"]) if "rows" in data else self.id in data["columns"]
+                members += holders * (1 + self.id.count(":"))
             check_unique(body, 1 + members + strings, bool(self.name_colons or strings))
         return batch
 
@@ -264,8 +270,8 @@ class Parser:
         for i, row in enumerate(rows):
             if type(row) is not dict:
                 raise BadRequest(422, "each row must be an object", f"rows[{i}]")
-            if row.keys() != wanted:
-                _check_keys(row.keys(), self.names, f"rows[{i}]")
+            if row.keys() != wanted and row.keys() != self.wanted_with_id:
+                _check_keys(row.keys(), self.names, f"rows[{i}]", self.id)
         matrix = self._row_matrix(rows)
         categorical = {n: [row[n] for row in rows] for n in self.categorical}
         if matrix is None or not _all_text(categorical):  # name the first refused value, in row order
@@ -276,7 +282,7 @@ class Parser:
     def _columns(self, cols: Any) -> Batch:
         if not isinstance(cols, dict):
             raise BadRequest(422, "columns must be an object of lists", "columns")
-        _check_keys(cols.keys(), self.names, "columns")
+        _check_keys(cols.keys(), self.names, "columns", self.id)
         lengths = {len(v) if type(v) is list else -1 for v in cols.values()}
         if -1 in lengths:
             bad = next(k for k, v in cols.items() if type(v) is not list)
@@ -347,8 +353,8 @@ def _explain(values: Iterable[tuple[Any, str, str]]) -> NoReturn:
     raise AssertionError("a value failed the fast check but passed the full one")
 
 
-def _check_keys(keys: Any, names: list[str], where: str) -> None:
-    given = set(keys)
+def _check_keys(keys: Any, names: list[str], where: str, id_name: str | None = None) -> None:
+    given = set(keys) - {id_name}
     missing = [n for n in names if n not in given]
     if missing:
         raise BadRequest(422, f"missing feature '{missing[0]}'", f"{where}.{missing[0]}")
@@ -384,6 +390,9 @@ def openapi(card: Mapping[str, Any], max_rows: int) -> dict[str, Any]:
         else:
             props[f["name"]] = {"type": "string", "nullable": True}
     names = [f["name"] for f in schema["features"]]
+    if schema.get("id"):  # optional, accepted and ignored
+        props = {**props, schema["id"]["name"]: {"description": "the row's ID (data.id), ignored by the model",
+                                                 "nullable": True, "oneOf": [{"type": "string"}, {"type": "number"}]}}
     row = {"type": "object", "properties": props, "required": names, "additionalProperties": False}
     columns = {"type": "object", "required": names, "additionalProperties": False,
                "description": "one list per feature, all of the same length (a row per index); "
