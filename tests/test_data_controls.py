@@ -6,6 +6,8 @@ the real request parser.
 
 from __future__ import annotations
 
+import importlib.util
+
 import json
 from typing import Any
 
@@ -115,6 +117,7 @@ def test_missing_targets_are_an_error_by_default_naming_count_and_rows(project: 
 
 
 def test_a_parquet_source_trains_and_evaluates(project: Project) -> None:
+    pytest.importorskip("pyarrow", reason="Parquet needs pyarrow, an optional dependency")
     frame = accounts(n=300).drop(columns=["note"])
     frame["region"] = frame["region"].astype("category")  # a Parquet dtype a CSV cannot hold
     rel = write_raw(project, "accounts.parquet", frame)
@@ -148,7 +151,9 @@ def test_format_csv_overrides_the_extension(project: Project) -> None:
      "data.max_categories (2) to one-hot encode; add it to data.drop, name it data.id if it identifies rows, "
      "or raise data.max_categories to at least 3"),
     ({"sep": ";"}, "target column 'churn' (data.target in params.yaml) not found"),
-    ({"format": "parquet"}, "not a readable Parquet file"),
+    pytest.param({"format": "parquet"}, "not a readable Parquet file",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("pyarrow") is None,
+                                          reason="Parquet needs pyarrow, an optional dependency")),
 ])
 def test_bad_data_is_one_line_and_exit_2(project: Project, data: dict[str, Any], needle: str) -> None:
     rel = write_raw(project, "accounts.csv", accounts())

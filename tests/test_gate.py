@@ -698,24 +698,15 @@ def test_new_data_gates_against_the_baseline_model_rescored_on_the_new_held_out_
 
 
 @pytest.mark.slow
-def test_dropped_feature_falls_back_to_the_committed_metrics(new_project: Any) -> None:
+def test_a_dropped_feature_is_a_new_lineage_not_gated_against_the_old_baseline(new_project: Any) -> None:
+    """Issue 14: a schema change is never gated against the old baseline without a choice."""
     p = customer_project(new_project)
-    committed = p.json("metrics/eval.json")
     p.add_csv("customers.csv", customers(600, seed=1).drop(columns=["x3"]))
-    p.set_params(gate={"tolerance": 1.0})   # the verdict is not the point: which baseline is
-    out = p.dvc("repro").stdout
-    assert "baseline: committed metrics: metrics/eval.json at main" in out
-    assert "not re-scored: the input schema changed (features, kinds, task or classes)" in out
-    report = p.json("metrics/gate.json")
-    assert report["baseline"]["used"] == "committed" and report["baseline"]["rescored_metrics"] is None
-    assert report["baseline"]["committed_metrics"] == committed
-    assert report["baseline"]["rescore"]["used"] is False
-    for metric in ("accuracy", "f1"):
-        check = report["metrics"][metric]
-        assert check["baseline"] == check["baseline_committed"] == committed[metric]
-        assert check["baseline_rescored"] is None
-    rep = p.shelf("report", "--base", "main", "--md").stdout
-    assert "**Baseline:** committed metrics at main; not re-scored: the input schema changed" in rep
+    p.set_params(gate={"tolerance": 1.0})
+    refused = p.dvc("repro", check=False)
+    said = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "input schema changed: dropped x3" in said
+    assert "release.bump: major" in said and "gate.baseline: none" in said
 
 
 @pytest.mark.slow
