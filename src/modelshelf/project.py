@@ -146,11 +146,6 @@ class InitResult:
     dry_run: bool = False
 
     @property
-    def written(self) -> list[Path]:
-        """The files created or extended (none on a dry run)."""
-        return [] if self.dry_run else [c.path for c in self.changes]
-
-    @property
     def nothing_to_add(self) -> bool:
         return not self.setup and not self.changes
 

@@ -82,13 +82,14 @@ def cmd_gate(a: argparse.Namespace) -> int:
     from modelshelf.pipeline.stages import gate
 
     _stage_defaults(a, "gate", ("params", "metrics", "out"))
-    experiments.borrow_refs((a.params or Path("params.yaml")).resolve().parent)
+    params = a.params or Path("params.yaml")
+    experiments.borrow_refs(params.resolve().parent)
     if a.prepared is None and a.params is not None and (a.params.resolve().parent / "dvc.yaml").is_file():
         from modelshelf.project import stage_options
 
         root = a.params.resolve().parent  # an older dvc.yaml has no --prepared: committed baseline
         a.prepared = root / p if (p := stage_options(root, "gate").get("prepared")) else None
-    result = gate(a.params or Path("params.yaml"), a.metrics, None if a.no_write else a.out, a.prepared,
+    result = gate(params, a.metrics, None if a.no_write else a.out, a.prepared,
                   _gated_candidate(a))
     if a.verdict is not None and not a.no_write:
         experiments.write_verdict(a.verdict, result.passed, [c.metric for c in result.checks if not c.passed])

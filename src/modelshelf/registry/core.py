@@ -554,13 +554,13 @@ def create_tag(ws: Workspace, reg: Registry, name: str, message: str, commit: st
     GTO orders events by tagger time at one-second resolution and ignores ``#N``; two
     events in one second would otherwise be ordered differently by GTO and by us.
     ``signed``: sign the tag (``git tag -s``) with these git options before ``tag`` (``[]``:
-    git's own signing configuration; see :func:`modelshelf.registry.signing.tag_signing_options`).
+    git's own signing configuration; see :func:`modelshelf.registry.signing.tag_preflight`).
     """
     import time
 
     when = max(int(time.time()), reg.last_event + 1)
-    how = ["-a"] if signed is None else [*signed, "-s"]
-    return ws.repo.run(*how[:-1], "tag", how[-1], name, "-m", message, commit, check=check,
+    options, flag = ([], "-a") if signed is None else (list(signed), "-s")
+    return ws.repo.run(*options, "tag", flag, name, "-m", message, commit, check=check,
                        env={"GIT_COMMITTER_DATE": f"{when} +0000"})
 
 

@@ -713,7 +713,8 @@ def check_release(ws: Workspace, rel: Release, directory: str | Path | None = No
     """
     policy = TrustPolicy.effective(ws.root) if policy is None else policy
     stages = {*rel.stages, *(s for s in (spec, to) if s)}
-    check_tag(ws, rel, policy)
+    if policy.tag_signers is not None:  # release.trust.tag_signers: the tag itself must be signed
+        verify_tag(ws.repo, rel.tag, policy.tag_signers)
     bundle = bundle_at(ws.repo, rel.tag)
     raw = ws.repo.show(rel.tag, ws.card)
     if raw is None:
@@ -772,7 +773,10 @@ def tag_preflight(repo: GitRepo, policy: TrustPolicy, sign_tag: str | Path | boo
             raise ReleaseRefused("release.trust.tag_signers", "release tags must be signed by an allowed signer",
                                  "pass --sign-tag KEY (an SSH private key), or set git's tag.gpgSign and user.signingKey")
         return None
-    return tag_signing_options(None if sign_tag is True else sign_tag)
+    if sign_tag is True:
+        return []
+    _read(Path(sign_tag), "the tag signing key")
+    return ssh_signing_args(sign_tag)
 
 
 # --- git tag signatures (SSH) --------------------------------------------------------------
@@ -785,35 +789,9 @@ def ssh_signing_args(key: str | Path) -> list[str]:
     return ["-c", "gpg.format=ssh", "-c", f"user.signingKey={Path(key).resolve()}"]
 
 
-def tag_signing_options(key: str | Path | None) -> list[str]:
-    """The git options for :func:`~modelshelf.registry.core.create_tag`'s ``signed``: SSH key
-    ``key``, or (None) git's own configuration (``gpg.format``, ``user.signingKey``).
-
-    Raises:
-        ConfigError: ``key`` is not a readable file.
-    """
-    if key is None:
-        return []
-    _read(Path(key), "the tag signing key")
-    return ssh_signing_args(key)
-
-
-def tag_is_signed(message: str | None) -> bool:
+def _tag_is_signed(message: str | None) -> bool:
     """Whether a tag's message carries git's signature block (SSH or OpenPGP)."""
     return message is not None and any(m in message for m in _TAG_SIGNATURE_MARKS)
-
-
-def check_tag(ws: Workspace, rel: Release, policy: TrustPolicy) -> str | None:
-    """With ``release.trust.tag_signers`` in the policy, the release tag must be signed by one
-    of them (git's SSH signing); returns git's "Good signature" line, or None when the policy
-    names no tag signers.
-
-    Raises:
-        IntegrityError: the tag is unsigned, or not signed by an allowed signer.
-    """
-    if policy.tag_signers is None:
-        return None
-    return verify_tag(ws.repo, rel.tag, policy.tag_signers)
 
 
 def _common_signers(ours: bytes | None, theirs: bytes | None) -> bytes | None:
@@ -835,7 +813,7 @@ def verify_tag(repo: GitRepo, tag: str, allowed_signers: bytes) -> str:
         IntegrityError: the tag is unsigned, or not signed by an allowed signer.
     """
     message = tag_message(repo, tag)
-    if not tag_is_signed(message):
+    if not _tag_is_signed(message):
         raise IntegrityError(tag, "the tag is not signed", "sign release tags with a key in release.trust.tag_signers")
     with tempfile.TemporaryDirectory(prefix="shelf-tag-") as tmp:
         signers = Path(tmp) / "allowed_signers"
@@ -1000,5 +978,5 @@ def _check_identity(card: Mapping[str, Any], where: str, version: str | None, na
 __all__ = ["BEGIN", "END", "SIGNATURE_FILE", "SIGNING_KEY_ENV", "KeySpec", "SignatureCheck", "TrustPolicy",
            "TrustedCertificate", "TrustedKey", "bundle_at", "check_release", "describe", "embed", "extract",
            "fingerprint", "generate_keypair", "read_sidecar", "release_files", "release_preflight", "sign",
-           "sign_release", "tag_is_signed", "tag_message", "tag_preflight", "tag_signing_options", "verify",
-           "verify_digests", "verify_tag", "write_sidecar", "check_tag"]
+           "sign_release", "ssh_signing_args", "tag_message", "tag_preflight", "verify", "verify_digests",
+           "verify_tag", "write_sidecar"]
