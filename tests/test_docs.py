@@ -71,11 +71,13 @@ def test_importing_the_api_imports_nothing_heavy() -> None:
 
 
 def test_the_cli_calls_the_public_api() -> None:
-    """The registry, provenance and model commands reach the library through ``modelshelf.api``."""
-    for group in ("registry", "provenance", "serving"):
+    """Every command group reaches the library through ``modelshelf.api``."""
+    for group in ("registry", "provenance", "serving", "pipeline"):
         text = (REPO / "src" / "modelshelf" / "commands" / f"{group}.py").read_text(encoding="utf-8")
         assert "from modelshelf import api" in text, group
         for internal in ("registry.release import", "registry.promotion import", "registry.restore import",
                          "registry.gc import", "registry.bom import", "registry.environment import",
-                         "drift import check", "serve.batch import"):
+                         "drift import check", "serve.batch import", "pipeline.stages import",
+                         "report import build", "registry.audit import", "project import init",
+                         "model import verify", "import open_registry"):
             assert internal not in text, f"commands/{group}.py imports {internal!r} instead of using modelshelf.api"

@@ -707,6 +707,23 @@ def test_a_dropped_feature_is_a_new_lineage_not_gated_against_the_old_baseline(n
     said = refused.stdout + refused.stderr
     assert refused.returncode != 0 and "input schema changed: dropped x3" in said
     assert "release.bump: major" in said and "gate.baseline: none" in said
+    assert not (p.root / "metrics/gate.json").exists() or not p.json("metrics/gate.json")["passed"]
+
+    # Remedy 1: a major bump. The old baseline is ignored, and the table and report say so.
+    p.set_params(release={**p.params()["release"], "bump": "major"})
+    done = p.dvc("repro")
+    assert "baseline: none (baseline ignored: major bump, input schema changed); thresholds only" in done.stdout
+    gate = p.json("metrics/gate.json")
+    assert gate["passed"] is True and gate["baseline"]["found"] is False
+    assert all(c["baseline"] is None for c in gate["metrics"].values())
+    card = p.json("models/card.json")
+    assert "x3" not in {f["name"] for f in card["input_schema"]["features"]}
+
+    # Remedy 2: a first-of-a-line gate, thresholds only, whatever the bump rule.
+    p.set_params(release={**p.params()["release"], "bump": "auto"}, gate={"baseline": "none"})
+    done = p.dvc("repro")
+    assert "baseline: none (gate.baseline: none: a first-of-a-line gate); thresholds only" in done.stdout
+    assert p.json("metrics/gate.json")["passed"] is True
 
 
 @pytest.mark.slow
@@ -753,3 +770,16 @@ def test_baseline_model_missing_locally_is_fetched_from_the_remote(released: Pro
     report = released.json("metrics/gate.json")
     assert report["baseline"]["used"] == "rescored"
     assert report["baseline"]["rescore"]["model"]["source"] == "remote"
+
+
+def test_threshold_names_are_checked_at_prepare_before_training_all_at_once(project: Project) -> None:
+    """Issue 14: a multiclass task gated on binary names fails at prepare, naming every bad one."""
+    p = project
+    p.set_params(data={"source": "builtin:iris"}, train={"hyperparams": {"n_estimators": 10}},
+                 gate={"thresholds": {"accuracy": 0.8, "f1": 0.8, "roc_auc": 0.9}})
+    proc = p.dvc("repro", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Running stage 'train'" not in out
+    assert "gate.thresholds.f1, gate.thresholds.roc_auc" in out and "a multiclass model does not produce" in out
+    assert "f1: did you mean 'f1_macro'?" in out and "roc_auc: did you mean 'roc_auc_ovr'?" in out
+    assert not (p.root / "build/candidate").exists() and not (p.root / "data/prepared").exists()

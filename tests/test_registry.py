@@ -171,6 +171,22 @@ def clone(p: Project, dest: Path, pull: bool = True) -> Project:
     return c
 
 
+def retrained(p: Project, trees: int = 120) -> str:
+    """Retrain ``p`` with another forest size and commit it: a new model whose card claims the
+    version after the last release (the same bytes are never released twice, so a renumber needs
+    a new model)."""
+    hyper = p.params()["train"]["hyperparams"]
+    hyper["n_estimators"] = trees
+    p.set_params(train={"hyperparams": hyper}, gate={"tolerance": 0.05})
+    p.dvc("repro", "-q")
+    return p.commit(f"retrain: {trees} trees")
+
+
+def take(p: Project, version: str, rev: str) -> None:
+    """Another release takes ``version``: its tag, made by hand on ``rev``."""
+    p.git("tag", "-a", f"model@v{version}", "-m", RELEASE_SUBJECT.format(version), rev)
+
+
 class Clock:
     """Distinct, increasing tagger (and committer) dates for the tags created next."""
 
@@ -451,9 +467,11 @@ def test_release_refusals_exit_code_one_line_and_no_tag(remote_project: Project)
     # to succeed), and another commit claiming the same version is refused.
     assert "released model@v1.0.0" in p.shelf("release", "--push").stdout
     assert "already released as model@v1.0.0" in p.shelf("release", "--push").stdout
+    # Another commit with the same model (its card claims v1.0.0 too) is that release: no new tag.
+    # (Another model claiming a taken version is refused: test_two_clones_racing_for_one_version.)
     (p.root / "NOTES.md").write_text("a commit after the release\n")
     p.commit("notes")
-    assert_refused(p.shelf("release", "--push", check=False), 7, "exists", "--renumber")
+    assert "already released as model@v1.0.0" in p.shelf("release", "--push").stdout
     assert local_tags(p) == {"model@v1.0.0"} and set(origin_tags(p)) == {"model@v1.0.0"}
 
 
@@ -534,6 +552,10 @@ def test_two_clones_racing_for_one_version(released: Project, tmp_path: Path) ->
 
 def test_renumbered_push_on_a_diverged_branch_says_what_failed(released: Project, tmp_path: Path) -> None:
     p = released
+    first = head(p)
+    retrained(p)                                     # a new model: its card claims v1.1.0 ...
+    take(p, "1.1.0", first)                          # ... which another release took
+    p.git("push", "-q", "origin", "model@v1.1.0")
     other = clone(p, tmp_path / "other", pull=False)
     (other.root / "NOTES.md").write_text("someone else's commit\n")
     other.commit("notes")
@@ -543,23 +565,30 @@ def test_renumbered_push_on_a_diverged_branch_says_what_failed(released: Project
     line = assert_refused(p.shelf("release", "--renumber", "--push", check=False), 7, "origin/main",
                           "git pull --rebase origin main", "shelf release --renumber --push")
     assert "another release took this version" not in line
-    assert "model@v1.1.0" not in origin_tags(p) and "model@v1.1.0" not in local_tags(p)
+    assert "model@v1.2.0" not in origin_tags(p) and "model@v1.2.0" not in local_tags(p)
     assert head(p) == before                         # no renumber commit left behind
     assert p.git("status", "--porcelain", "--untracked-files=no").stdout == ""
 
     # The commands the line names recover.
     p.git("pull", "-q", "--rebase", "origin", "main")
     done = p.shelf("release", "--renumber", "--push")
-    assert "renumbered v1.0.0 → v1.1.0" in done.stdout
-    assert origin_tags(p)["model@v1.1.0"] == head(p) == origin_ref(p, "refs/heads/main")
-    assert p.git("rev-parse", "HEAD~1").stdout.strip() == other.git("rev-parse", "HEAD").stdout.strip()
+    assert "renumbered v1.1.0 → v1.2.0" in done.stdout
+    assert origin_tags(p)["model@v1.2.0"] == head(p) == origin_ref(p, "refs/heads/main")
+    assert p.git("rev-parse", "HEAD~2").stdout.strip() == other.git("rev-parse", "HEAD").stdout.strip()
 
 
 def test_renumber_commit_message_names_both_versions(released: Project) -> None:
     p = released
+    first = head(p)
+    retrained(p)
+    assert p.json(CARD)["version"] == "1.1.0"
+    take(p, "1.1.0", first)                          # another release took v1.1.0 meanwhile
     done = p.shelf("release", "--renumber")
-    assert "renumbered v1.0.0 → v1.1.0" in done.stdout
-    assert p.git("log", "-1", "--format=%s").stdout.strip() == "Renumber model v1.0.0 → v1.1.0"
+    assert "renumbered v1.1.0 → v1.2.0" in done.stdout
+    assert p.git("log", "-1", "--format=%s").stdout.strip() == "Renumber model v1.1.0 → v1.2.0"
+
+    # The same bytes are never a second version, renumbered or not.
+    assert "already released as model@v1.2.0" in p.shelf("release", "--renumber").stdout
 
 
 # --- 6: all or nothing --------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from conftest import Project
-from test_registry import assert_refused, clone, local_tags, object_path, origin_tags, store_of
+from test_registry import assert_refused, clone, local_tags, object_path, origin_tags, retrained, store_of, take
 
 CARD = "models/card.json"
 MODEL = "models/model.joblib"
@@ -229,13 +229,16 @@ def test_a_local_release_whose_version_the_remote_took_is_deleted_and_said(remot
     other.shelf("release", "--push")
     assert origin_tags(p) == {"model@v1.0.0": theirs}
 
-    line = assert_refused(p.shelf("release", "--push", check=False), 7, "v1.0.0 already exists",
-                          "deleted the local tag model@v1.0.0")
-    assert "origin holds model@v1.0.0" in line
+    # The same bytes are already released (as origin's v1.0.0): the clobbered local tag is
+    # deleted and said, and nothing is tagged again, with or without --skip-released.
+    done = p.shelf("release", "--push")
+    assert "deleted the local tag model@v1.0.0" in done.stdout and "origin holds model@v1.0.0" in done.stdout
+    assert "already released as model@v1.0.0" in done.stdout
     assert p.git("rev-parse", "model@v1.0.0").stdout.strip() != mine
     assert p.git("rev-parse", "model@v1.0.0^{commit}").stdout.strip() == theirs
-    done = p.shelf("release", "--push", "--skip-released")
-    assert "already released as model@v1.0.0" in done.stdout
+    again = p.shelf("release", "--push", "--skip-released")
+    assert "already released as model@v1.0.0" in again.stdout and "deleted" not in again.stdout
+    assert origin_tags(p) == {"model@v1.0.0": theirs}
 
 
 # --- an interrupted renumber ------------------------------------------------------------------------
@@ -247,13 +250,15 @@ def test_an_interrupted_renumber_is_finished_by_the_next_renumber(released: Proj
     from modelshelf.tags import SemVer
 
     p = released
-    before = head(p)
+    first = head(p)
+    before = retrained(p)                            # a new model whose card claims v1.1.0 ...
+    take(p, "1.1.0", first)                          # ... which another release took
     # The renumber's first step, exactly as `release --renumber` runs it; a kill stops it here.
-    begin_renumber(Workspace.open(p.root), p.json(CARD), SemVer(1, 0, 0))
+    begin_renumber(Workspace.open(p.root), p.json(CARD), SemVer(1, 1, 0))
     changed = set(p.git("diff", "--name-only").stdout.split())
-    assert changed == {CARD, "dvc.lock"} and p.json(CARD)["version"] == "1.1.0"
+    assert changed == {CARD, "dvc.lock"} and p.json(CARD)["version"] == "1.2.0"
 
-    assert_refused(p.shelf("release", check=False), 7, "interrupted renumber v1.0.0 → v1.1.0",
+    assert_refused(p.shelf("release", check=False), 7, "interrupted renumber v1.1.0 → v1.2.0",
                    "shelf release --renumber", "git checkout --")
     with (p.root / "params.yaml").open("a") as fh:   # any other change is not the renumber's
         fh.write("# an unrelated edit\n")
@@ -262,11 +267,11 @@ def test_an_interrupted_renumber_is_finished_by_the_next_renumber(released: Proj
     assert head(p) == before
 
     done = p.shelf("release", "--renumber", "--push")
-    assert "finished the interrupted renumber v1.0.0 → v1.1.0" in done.stdout
-    assert "released model@v1.1.0" in done.stdout
+    assert "finished the interrupted renumber v1.1.0 → v1.2.0" in done.stdout
+    assert "released model@v1.2.0" in done.stdout
     assert p.git("rev-parse", "HEAD~1").stdout.strip() == before
-    assert p.git("log", "-1", "--format=%s").stdout.strip() == "Renumber model v1.0.0 → v1.1.0"
-    assert origin_tags(p)["model@v1.1.0"] == head(p)
+    assert p.git("log", "-1", "--format=%s").stdout.strip() == "Renumber model v1.1.0 → v1.2.0"
+    assert origin_tags(p)["model@v1.2.0"] == head(p)
     assert p.git("status", "--porcelain", "--untracked-files=no").stdout == ""
     assert json.loads(p.dvc("status", "--json").stdout or "{}") == {}
 
@@ -397,3 +402,18 @@ def test_kill_9_at_any_moment_of_release_push_and_promote_push(remote_project: P
         tag = next(iter(prod_tags(remote)))
         assert p.git("rev-parse", f"{tag}^{{commit}}").stdout.strip() == release_commit, log
     assert kills == KILLS, log
+
+
+def test_the_same_bytes_are_never_released_as_a_second_version(released: Project) -> None:
+    # A change that reruns serialise but not train (the bump rule) gives the same model a new
+    # card version; a plain release and CI's --skip-released agree: already released, no tag.
+    p = released
+    assert p.json(CARD)["version"] == "1.0.0"
+    p.set_params(release={**p.params()["release"], "bump": "minor"})
+    p.dvc("repro")
+    assert p.json(CARD)["version"] == "1.1.0"
+    p.commit("bump rule: minor")
+    for args in ((), ("--push",), ("--push", "--skip-released")):
+        done = p.shelf("release", *args)
+        assert "already released as model@v1.0.0" in done.stdout, args
+    assert local_tags(p) == {"model@v1.0.0"} and set(origin_tags(p)) == {"model@v1.0.0"}

@@ -3,6 +3,8 @@ change the held-out set cannot resolve is not a regression under ``gate.regressi
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -53,3 +55,11 @@ def test_the_pipeline_gate_passes_noise_when_significant_and_fails_it_when_point
     assert report["passed"] is True
     shown = p.shelf("gate", "--no-write").stdout
     assert "[" in shown and "]" in shown   # the interval is in the table
+    # ... and in the card's gate checks and the pull-request report's change column
+    card = p.json("models/card.json")
+    assert card["gate"]["checks"]["roc_auc"]["ci"] == report["metrics"]["roc_auc"]["ci"]
+    assert card["gate"]["checks"]["roc_auc"]["method"] == "paired bootstrap"
+    md = p.shelf("report", "--md").stdout   # the workspace candidate against main's model
+    row = next(line for line in md.splitlines() if line.startswith("| roc_auc |"))
+    assert re.search(r"\| [+-]\d\.\d+ \[[+-]\d\.\d+, [+-]\d\.\d+\] \|", row), row
+    assert "paired bootstrap interval" in md

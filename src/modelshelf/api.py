@@ -11,6 +11,8 @@ them, prints the result and maps :class:`ShelfError` to its exit code.  Nothing 
     model.predict(frame)
     for rel in api.versions(".").releases:
         print(rel.version, rel.card["metrics"])
+    api.assess(fitted, X_test, y_test).table()  # a notebook's model: the pipeline's metrics and gate
+    api.save(fitted, X_test, y_test, "models/notebook")  # gated, then written with its card
 
 Names resolve when first used (PEP 562), so ``import modelshelf.api`` costs nothing and a
 command imports only the modules it needs (``shelf serve`` and ``shelf versions`` are timed).
@@ -29,6 +31,7 @@ if TYPE_CHECKING:  # pathlib too: the serving path, which imports this module, d
     from modelshelf.errors import (ConfigError, DataError, DriftDetected, GateFailed, GitError, IntegrityError,
                                    ReleaseRefused, RemoteError, SchemaBreak, ShelfError, VersionMismatchError)
     from modelshelf.model import load, locate, verify
+    from modelshelf.pipeline.inmemory import assess, save
     from modelshelf.pipeline.stages import evaluate, gate, prepare, serialise, train
     from modelshelf.project import init
     from modelshelf.registry.audit import audit
@@ -53,6 +56,9 @@ _EXPORTS: dict[str, str] = {
     "gate": "modelshelf.pipeline.stages:gate",
     "serialise": "modelshelf.pipeline.stages:serialise",
     "report": "modelshelf.report:build",
+    # a model fitted in a script or notebook: the same metrics, gate and card, no dvc repro
+    "assess": "modelshelf.pipeline.inmemory:assess",
+    "save": "modelshelf.pipeline.inmemory:save",
     # the registry (git tags in GTO's format, bytes in the DVC remote)
     "release": "modelshelf.registry.release:release",
     "promote": "modelshelf.registry.promotion:promote",

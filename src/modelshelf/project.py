@@ -117,6 +117,16 @@ def stage_options(root: Path, stage: str) -> dict[str, str]:
             if w.startswith("--") and not words[i + 1].startswith("--")}
 
 
+def candidate_dir(root: Path) -> Path | None:
+    """The candidate directory the gate judges: the gate stage's ``--candidate`` in dvc.yaml,
+    else the train stage's ``--out``; None for a hand-written pipeline with neither."""
+    try:
+        found = stage_options(root, "gate").get("candidate") or stage_options(root, "train").get("out")
+    except ConfigError:
+        return None
+    return root / found if found else None
+
+
 @dataclass(frozen=True)
 class FileChange:
     """One file ``shelf init`` creates or extends: its text before (None: a new file) and after."""

@@ -58,8 +58,14 @@ class Report:
                   "|---|---:|---:|---:|---:|:-:|"]
         for c in self.gate.checks:
             cmp = "≥" if c.higher_is_better else "≤"
-            lines.append(f"| {c.metric} | {_num(c.baseline)} | {_num(c.value)} | {_delta(c.value, c.baseline)} "
+            lines.append(f"| {c.metric} | {_num(c.baseline)} | {_num(c.value)} "
+                         f"| {c.interval.text() if c.interval else _delta(c.value, c.baseline)} "
                          f"| {cmp} {_num(c.threshold)} | {'✓' if c.passed else '✗'} |")
+        tested = [c.interval for c in self.gate.checks if c.interval is not None]
+        if tested:
+            lines += ["", f"_Change: candidate − baseline on the same held-out rows, with its paired "
+                          f"{tested[0].method} interval at {tested[0].level:.4g} (Bonferroni over {len(tested)} "
+                          f"metric{'s' if len(tested) > 1 else ''}); gate.regression: significant._"]
         failing = [f"{c.metric}: {'; '.join(c.reasons)}" for c in self.gate.checks if not c.passed]
         if failing:
             lines += ["", "**Gate failures:** " + " · ".join(failing)]
@@ -89,7 +95,7 @@ class Report:
 def build(root: Path, base: str = "main") -> Report:
     """Judge the workspace candidate of the project at ``root`` against revision ``base``."""
     from modelshelf.pipeline import baseline as baselines
-    from modelshelf.project import stage_options
+    from modelshelf.project import candidate_dir, stage_options
     from modelshelf.registry.core import Workspace, open_registry
 
     ws = Workspace.open(root)
@@ -105,8 +111,12 @@ def build(root: Path, base: str = "main") -> Report:
 
     task = task_of(k for k, v in metrics.items() if v is not None) or "binary"
     prepared = ws.root / options["prepared"] if "prepared" in options else None
-    baseline = baselines.read(ws.repo, base, ws.repo.relpath(metrics_path), root=ws.root, prepared=prepared)
-    result = judge(metrics, params.gate, task, baseline)
+    significant = params.gate.regression == "significant"
+    baseline = baselines.read(ws.repo, base, ws.repo.relpath(metrics_path), root=ws.root, prepared=prepared,
+                              bump=params.release.bump, outputs=significant)
+    paired = (baselines.paired(baseline, candidate_dir(ws.root), prepared, params.data.random_state)
+              if significant else None)
+    result = judge(metrics, params.gate, task, baseline, paired)
     base_commit = baseline.commit
     same = base_commit is not None and base_commit == ws.repo.head() and not ws.repo.is_dirty()
 

@@ -9,14 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from modelshelf import api
 from modelshelf.commands import Add, number
 from modelshelf.errors import GateFailed
 
 
 def cmd_init(a: argparse.Namespace) -> int:
-    from modelshelf.project import init
-
-    result = init(a.dir, force=a.force, dry_run=a.dry_run, prefix=a.prefix)
+    result = api.init(a.dir, force=a.force, dry_run=a.dry_run, prefix=a.prefix)
     if result.nothing_to_add:
         print(f"nothing to add: modelshelf is already set up in {result.root}")
         return 0
@@ -40,26 +39,20 @@ def cmd_init(a: argparse.Namespace) -> int:
 
 
 def cmd_prepare(a: argparse.Namespace) -> int:
-    from modelshelf.pipeline.stages import prepare
-
-    info = prepare(a.params, a.raw, a.out, a.profile)
+    info = api.prepare(a.params, a.raw, a.out, a.profile)
     print(f"prepare: {info['source']}: {info['rows']} rows ({info['train_rows']} train, "
           f"{info['test_rows']} test), task {info['task']}, sha256 {info['sha256'][:12]}")
     return 0
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from modelshelf.pipeline.stages import train
-
-    info = train(a.params, a.prepared, a.out)
+    info = api.train(a.params, a.prepared, a.out)
     print(f"train: {info['algorithm']} fitted, candidate sha256 {info['sha256'][:12]}")
     return 0
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from modelshelf.pipeline.stages import evaluate
-
-    metrics = evaluate(a.prepared, a.candidate, a.metrics, a.plots)
+    metrics = api.evaluate(a.prepared, a.candidate, a.metrics, a.plots)
     print("evaluate: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return 0
 
@@ -79,7 +72,6 @@ def _stage_defaults(a: argparse.Namespace, stage: str, names: Sequence[str]) -> 
 
 def cmd_gate(a: argparse.Namespace) -> int:
     from modelshelf.pipeline import experiments
-    from modelshelf.pipeline.stages import gate
 
     _stage_defaults(a, "gate", ("params", "metrics", "out"))
     params = a.params or Path("params.yaml")
@@ -89,7 +81,7 @@ def cmd_gate(a: argparse.Namespace) -> int:
 
         root = a.params.resolve().parent  # an older dvc.yaml has no --prepared: committed baseline
         a.prepared = root / p if (p := stage_options(root, "gate").get("prepared")) else None
-    result = gate(params, a.metrics, None if a.no_write else a.out, a.prepared,
+    result = api.gate(params, a.metrics, None if a.no_write else a.out, a.prepared,
                   _gated_candidate(a))
     if a.verdict is not None and not a.no_write:
         experiments.write_verdict(a.verdict, result.passed, [c.metric for c in result.checks if not c.passed])
@@ -112,15 +104,9 @@ def _gated_candidate(a: argparse.Namespace) -> Path | None:
         return Path(given)
     if a.params is None or not (a.params.resolve().parent / "dvc.yaml").is_file():
         return None
-    from modelshelf.errors import ConfigError
-    from modelshelf.project import stage_options
+    from modelshelf.project import candidate_dir
 
-    root = a.params.resolve().parent
-    try:
-        found = stage_options(root, "gate").get("candidate") or stage_options(root, "train").get("out")
-    except ConfigError:  # no train stage: a hand-written pipeline; serialise will refuse
-        return None
-    return root / found if found else None
+    return candidate_dir(a.params.resolve().parent)
 
 
 def _modified(git: dict[str, Any]) -> str:
@@ -133,11 +119,10 @@ def _modified(git: dict[str, Any]) -> str:
 
 def cmd_serialise(a: argparse.Namespace) -> int:
     from modelshelf.pipeline import experiments
-    from modelshelf.pipeline.stages import serialise
 
     experiments.borrow_refs(a.params.resolve().parent)
     try:
-        done = serialise(a.params, a.prepared, a.candidate, a.metrics, a.gate, a.out, a.profile)
+        done = api.serialise(a.params, a.prepared, a.candidate, a.metrics, a.gate, a.out, a.profile)
     except GateFailed:
         if (name := experiments.current()) is None or not experiments.gate_failed(a.gate):
             raise
@@ -166,9 +151,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
         from modelshelf.errors import ConfigError
 
         raise ConfigError("shelf verify", "--remote and --json go with --all", "e.g. `shelf verify --all --remote`")
-    from modelshelf.model import verify
-
-    v = verify(_model_dir(a.path), allow_version_mismatch=a.allow_version_mismatch)
+    v = api.verify(_model_dir(a.path), allow_version_mismatch=a.allow_version_mismatch)
     files = ", ".join(f for _, f in v.files)
     print(f"verified {v.name} v{v.version}: sha256 matches the card for {files}")
     for dep, (built, running) in v.dependencies.items():
@@ -179,11 +162,10 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 def _verify_all(a: argparse.Namespace) -> int:
     from modelshelf.errors import ConfigError, IntegrityError
-    from modelshelf.registry.audit import audit
 
     if a.path is not None:
         raise ConfigError("shelf verify", "give a PATH or --all, not both", "pick one")
-    done = audit(".", remote=a.remote or None, use_remote=a.remote is not None)
+    done = api.audit(".", remote=a.remote or None, use_remote=a.remote is not None)
     if a.json:
         print(json.dumps(done.to_json(), indent=2))
     else:
@@ -204,9 +186,7 @@ def cmd_show(a: argparse.Namespace) -> int:
     from modelshelf.card import read_card
 
     if a.path is not None and not a.path.exists():  # a version, 'latest' or a stage
-        from modelshelf.registry.core import Workspace, open_registry
-
-        rel = open_registry(Workspace.open()).find(str(a.path))
+        rel = api.versions().find(str(a.path))
         if rel.card is None:
             from modelshelf.errors import IntegrityError
 
@@ -241,15 +221,16 @@ def render_card(card: dict[str, Any]) -> str:
     ]
     for metric, check in gate.get("checks", {}).items():
         mark = "✓" if check.get("passed") else "✗"
+        ci = check.get("ci")
+        change = (f", change {check['delta']:+.2g} [{ci[0]:+.2g}, {ci[1]:+.2g}]"
+                  if isinstance(ci, list) and len(ci) == 2 and None not in ci and check.get("delta") is not None else "")
         lines.append(f"    {mark} {metric}: {number(check.get('value'))} (threshold {number(check.get('threshold'))}, "
-                     f"baseline {number(check.get('baseline'))})")
+                     f"baseline {number(check.get('baseline'))}{change})")
     return "\n".join(lines)
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from modelshelf.report import build
-
-    rep = build(Path("."), a.base)
+    rep = api.report(Path("."), a.base)
     if a.json:
         print(json.dumps(rep.to_json(), indent=2))
     else:

@@ -177,7 +177,7 @@ def register(add: Add) -> None:
     p.add_argument("--renumber", action="store_true",
                    help="take the next free version when the card's is taken, commit, then release")
     p.add_argument("--skip-released", action="store_true",
-                   help="exit 0 when this model (same sha256) is already released (for CI on main)")
+                   help="kept for CI scripts: a model already released (same sha256) always exits 0 with no new tag")
     p.add_argument("--sign", action="store_true",
                    help="sign the released files and card (model-signing) with --sign-key or $SHELF_SIGNING_KEY")
     p.add_argument("--sign-tag", metavar="KEY", nargs="?", const=True, default=None, type=path,

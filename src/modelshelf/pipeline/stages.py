@@ -246,8 +246,13 @@ class Serialised:
 
 
 def serialise(params_path: Path, prepared: Path, candidate: Path, metrics_path: Path,
-              gate_path: Path, out: Path, profile_path: Path | None = None) -> Serialised:
-    """Write the gated model and its card, atomically; refuse a failed or stale gate."""
+              gate_path: Path, out: Path, profile_path: Path | None = None, *,
+              standalone: bool = False) -> Serialised:
+    """Write the gated model and its card, atomically; refuse a failed or stale gate.
+
+    ``standalone`` (:func:`modelshelf.pipeline.inmemory.save`): ``out`` is not the model
+    artefact dvc.yaml declares; the name, and the baseline card the version follows, are that
+    artefact's."""
     from modelshelf import project, tags
 
     params = load_params(params_path)
@@ -277,9 +282,9 @@ def serialise(params_path: Path, prepared: Path, candidate: Path, metrics_path: 
         rel_model = model_path.resolve().relative_to(root).as_posix()
     except ValueError:
         raise ConfigError(str(out), f"is outside the project {root}", "write models inside the project") from None
-    name, _ = project.model_artifact(root, rel_model)
+    name, declared = project.model_artifact(root, None if standalone else rel_model)
     latest = tags.latest_release(repo.annotated_tags(f"{name}@v*", merged="HEAD"), name)
-    base_card = _baseline_card(repo, params.gate.baseline, repo.relpath(card_path))
+    base_card = _baseline_card(repo, params.gate.baseline, repo.relpath(root / Path(declared).parent / CARD_FILE))
     changed = schema_changed(base_card.get("input_schema") if base_card else None, schema)
     version, why = tags.next_version(latest, params.release.bump, changed)
 
@@ -296,6 +301,7 @@ def serialise(params_path: Path, prepared: Path, candidate: Path, metrics_path: 
         metrics=read_metrics(metrics_path),
         gate={"passed": True, "baseline": report.get("baseline", {}), "candidate_sha256": gated,
               "checks": {m: {k: c.get(k) for k in ("value", "threshold", "baseline", "passed")}
+                         | {k: c[k] for k in ("delta", "ci", "level", "method") if k in c}  # significance
                          for m, c in report.get("metrics", {}).items()}},
         input_schema=schema,
         artefacts={"model": artefacts.file_record(model_path, out) | {"format": "joblib",

@@ -584,8 +584,8 @@ def release(start: str | Path = ".", *, push: bool = False, git_remote: str = "o
     """Release the workspace model: push to the DVC remote, prove it is there, tag, optionally push.
 
     No tag is created unless every output is in the DVC remote, and none is pushed before.
-    With ``skip_released``, a model already released (same sha256; with ``push``, on the git
-    remote) is reported, not refused: what CI on main wants.  A release of HEAD's card version
+    A model already released (same sha256; with ``push``, on the git remote) is reported as
+    done, never tagged as a second version.  A release of HEAD's card version
     that already exists at HEAD is reported as done; with ``push``, one whose tag never reached
     the git remote is completed.
 
@@ -596,7 +596,8 @@ def release(start: str | Path = ".", *, push: bool = False, git_remote: str = "o
         dvc_remote: the DVC remote (default: the project's).
         renumber: take the next free version when the card's is taken (a new commit); also
             finishes a renumber a kill interrupted.
-        skip_released: report a model already released instead of releasing it again.
+        skip_released: accepted for compatibility (``--skip-released``); an already released
+            model is always reported, never released again.
         sign: sign the released files and the card with this key (model-signing); the
             bundle goes into the tag message.  Checked against ``release.trust`` first.
         sign_tag: sign the git tag itself: an SSH private key, or True for git's own signing
@@ -642,7 +643,7 @@ def _release(ws: Workspace, notes: list[str], *, push: bool, git_remote: str, dv
     head = ws.repo.head() or ""
     model_sha = card["artefacts"]["model"]["sha256"]
     same = _same_model(reg, model_sha, published)
-    if same and skip_released:
+    if same:  # the same bytes are never two versions: say which release holds them
         return Released(same[-1].tag, same[-1].version, same[-1].commit, False, already=True, notes=tuple(notes))
     version = SemVer.parse(card["version"])
     here = next((r for r in reg.releases if r.version == version and r.commit == head), None)
