@@ -97,6 +97,11 @@ def test_id_drop_missing_targets_and_semicolons_through_repro_and_predict(projec
     project.shelf("predict", "anon.csv", "--model", "models", "-o", "anon-scored.csv")
     assert pd.read_csv(project.root / "anon-scored.csv").columns[0] == "model_version"
 
+    # shelf drift reads new data as the training data was read (data.sep).
+    accounts(n=400, seed=11).drop(columns=["churn"]).to_csv(project.root / "week.csv", index=False, sep=";")
+    drift = project.shelf("drift", "week.csv", check=False)
+    assert drift.returncode == 0, drift.stdout + drift.stderr
+
     # Serving the same card: a request may carry the ID; it is accepted and ignored.
     parser = Parser(schema, 100)
     row = {"x0": 0.1, "x1": -0.2, "region": "east"}

@@ -138,6 +138,26 @@ def test_a_broken_factory_stops_train_with_one_line_and_exit_2(project: Project)
     assert not (project.root / "build/candidate").exists()
 
 
+def test_a_factory_file_the_train_stage_does_not_depend_on_is_refused(project: Project) -> None:
+    """Editing it would not retrain (DVC would call train up to date): one line naming the fix."""
+    (project.root / "src").mkdir()
+    (project.root / "src/mymodel.py").write_text(
+        "from sklearn.linear_model import LogisticRegression\n\n"
+        "def build(random_state):\n    return LogisticRegression(max_iter=500, random_state=random_state)\n")
+    project.set_params(train={"estimator": "src/mymodel.py:build", "hyperparams": None})
+    project.shelf("prepare", "--params", "params.yaml", "--raw", "data/raw", "--out", "data/prepared")
+    train = ("train", "--params", "params.yaml", "--prepared", "data/prepared", "--out", "build/candidate")
+    proc = project.shelf(*train, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "shelf: error: dvc.yaml: stages.train.deps: the factory's file src/mymodel.py (train.estimator) is not "
+        "a dependency, so editing it would not retrain; add `- src/mymodel.py` (or its directory) under "
+        "stages.train.deps"]
+    assert not (project.root / "build/candidate").exists()
+    depend_on(project, "src")                    # its directory will do
+    project.shelf(*train)
+    assert project.json("build/candidate/candidate.json")["factory"]["file"] == "src/mymodel.py"
+
+
 def frame() -> tuple[pd.DataFrame, pd.Series, dict[str, Any]]:
     f = data.normalise(customers(80, seed=3), "churn")
     schema = data.schema_of(f, "churn", "binary")

@@ -93,17 +93,33 @@ def check(start: str | Path, source: Path, spec: str | None = None, *,
     from modelshelf.params import load_params
     from modelshelf.project import find_root
 
+    from modelshelf.pipeline import data
+
     ref = reference(start, spec)
     schema = ref.card["input_schema"]
+    params = load_params(find_root(start) / "params.yaml")
     if thresholds is None:
-        thresholds = load_params(find_root(start) / "params.yaml").drift
+        thresholds = params.drift
     cats = {f["name"]: object for f in schema["features"] if f["kind"] == "categorical"}
-    try:
-        frame = pd.read_csv(source, dtype=cats)
+    if str(source).lower().endswith(data.PARQUET_SUFFIXES):
+        frame = data.read_parquet(Path(source), str(source))
+        frame = frame.astype({k: object for k in cats if k in frame.columns})
+        return _compared(start, ref, schema, frame, thresholds, predictions, source)
+    try:  # the project's separator (data.sep): new data comes as the training data came
+        frame = pd.read_csv(source, dtype=cats, sep=params.data.sep)
     except FileNotFoundError:
         raise DataError(str(source), "file not found", "check the path") from None
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(str(source), f"not a readable CSV ({type(exc).__name__})", "fix the file") from None
+    return _compared(start, ref, schema, frame, thresholds, predictions, source)
+
+
+def _compared(start: str | Path, ref: Reference, schema: dict[str, Any], frame: Any,
+              thresholds: DriftParams, predictions: bool, source: Path) -> DriftReport:
+    # Columns the model never used by design (data.id, data.drop) are not "new" in new data.
+    dataset = ref.card.get("dataset", {})
+    ignored = [*dataset.get("dropped_columns", ()), *([dataset["id"]] if dataset.get("id") else [])]
+    frame = frame.drop(columns=[c for c in ignored if c in frame.columns])
     preds = None
     pred_profile = ref.card.get("profile", {}).get("predictions")
     if predictions and pred_profile is not None and all(f["name"] in frame.columns for f in schema["features"]):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import shlex
 import subprocess
@@ -115,6 +116,23 @@ def stage_options(root: Path, stage: str) -> dict[str, str]:
     words = shlex.split(cmd)
     return {w[2:]: words[i + 1] for i, w in enumerate(words[:-1])
             if w.startswith("--") and not words[i + 1].startswith("--")}
+
+
+def stage_deps(root: Path, stage: str) -> tuple[str, list[str]]:
+    """``(name, deps)``: the dvc.yaml name of ``stage`` and its dependencies, variables resolved,
+    as root-relative POSIX paths."""
+    dvc = read_dvc_yaml(root)
+    name, spec = _find_stage(root, dvc, stage)
+    scope = _variables(root, dvc)
+    deps = []
+    for dep in spec.get("deps") or []:
+        text = str(next(iter(dep)) if isinstance(dep, Mapping) else dep)
+        try:
+            text = _VAR.sub(lambda m: str(_lookup(scope, m.group(1))), text)
+        except KeyError:
+            continue
+        deps.append(Path(os.path.normpath(text)).as_posix())
+    return name, deps
 
 
 def candidate_dir(root: Path) -> Path | None:

@@ -72,7 +72,7 @@ def load_source(params: DataParams, root: Path) -> Dataset:
                         "check the path, or run `dvc pull` if it is tracked by DVC")
     raw = path.read_bytes()
     if source_format(params) == "parquet":
-        frame = _read_parquet(path, where)
+        frame = read_parquet(path, where)
     else:
         try:
             # an ID is read as written: "007" stays "007"
@@ -88,7 +88,7 @@ def load_source(params: DataParams, root: Path) -> Dataset:
     return Dataset(frame, params.source, params.source, hashlib.sha256(raw).hexdigest())
 
 
-def _read_parquet(path: Path, where: str) -> pd.DataFrame:
+def read_parquet(path: Path, where: str) -> pd.DataFrame:
     import pandas as pd
 
     try:

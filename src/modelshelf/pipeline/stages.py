@@ -112,7 +112,10 @@ def train(params_path: Path, prepared: Path, out: Path) -> dict[str, Any]:
     params = load_params(params_path)
     schema = _schema(prepared)
     X, y = data.read_split(prepared / "train.csv", schema)
-    trained = fit(X, y, params.train, schema, params.data.random_state, params_path.resolve().parent)
+    root = params_path.resolve().parent
+    trained = fit(X, y, params.train, schema, params.data.random_state, root)
+    if trained.factory is not None:
+        _check_tracked(root, trained.factory.file)
     pipeline = trained.pipeline
     build = _staging(out)
     try:
@@ -142,6 +145,27 @@ def train(params_path: Path, prepared: Path, out: Path) -> dict[str, Any]:
     finally:
         shutil.rmtree(build, ignore_errors=True)
     return info
+
+
+def _check_tracked(root: Path, file: str) -> None:
+    """Refuse a factory in the project that the train stage does not depend on: DVC would call
+    the stage up to date after an edit to it, and the model would no longer be its code's.
+
+    Raises:
+        ConfigError: naming the file and the dvc.yaml line to add.
+    """
+    from modelshelf import project
+
+    if Path(file).is_absolute() or file.startswith("../") or not (root / project.DVC_YAML).is_file():
+        return  # an installed package: its version is the environment's, recorded in the card
+    try:
+        name, deps = project.stage_deps(root, "train")
+    except ConfigError:  # no train stage (a hand-written pipeline): nothing to check against
+        return
+    if not any(dep in (".", file) or file.startswith(dep.rstrip("/") + "/") for dep in deps):
+        raise ConfigError(f"dvc.yaml: stages.{name}.deps",
+                          f"the factory's file {file} (train.estimator) is not a dependency, so editing it "
+                          "would not retrain", f"add `- {file}` (or its directory) under stages.{name}.deps")
 
 
 def load_candidate(candidate: Path) -> tuple[Any, dict[str, Any]]:
