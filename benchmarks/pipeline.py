@@ -37,6 +37,11 @@ Measured (wall time of the whole command, ``time.perf_counter`` around
    (one discarded call first) is shown for scale, and its metrics must equal the
    pipeline's.
 
+   The stage commands run in a warm host (``modelshelf.pipeline.warm``, see
+   docs/pipeline.md "Warm stages") unless ``SHELF_WARM=0`` is set: the discarded
+   first run starts it, so the measured runs are warm.  Run with ``SHELF_WARM=0``
+   to measure every stage as a process of its own; the report says which it was.
+
 The results are medians and minima; the exit status is 0 whether or not the
 goal is met (this is a measurement, not a test; "ABOVE GOAL" marks a miss).
 A set-up failure (a command exiting non-zero) exits 1 with its output.
@@ -183,6 +188,13 @@ def same_metrics(ours: Mapping[str, float], pipeline: Mapping[str, Any]) -> bool
     return set(ours) == set(pipeline)
 
 
+def warm_host() -> bool:
+    """Whether the stage commands run in a warm host (``SHELF_WARM=0`` turns it off)."""
+    import os
+
+    return os.name == "posix" and os.environ.get("SHELF_WARM", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 # -- report --------------------------------------------------------------------------------------
 
 def report(m: Machine, repro: Sample, status: Sample, full: Sample, trivial: Sample, inproc: Sample,
@@ -200,7 +212,8 @@ def report(m: Machine, repro: Sample, status: Sample, full: Sample, trivial: Sam
         f"  [{len(repro.times)} runs each]",
         f"full pipeline     median {full.median:.2f} s  min {full.min:.2f} s  "
         f"(trivial 5-stage pipeline median {trivial.median:.2f} s)  overhead {overhead:.2f} s  "
-        f"goal ≤ {OVERHEAD_GOAL:g} s  {'OK' if full_ok else 'ABOVE GOAL'}  [{len(full.times)} runs each]",
+        f"goal ≤ {OVERHEAD_GOAL:g} s  {'OK' if full_ok else 'ABOVE GOAL'}  [{len(full.times)} runs each, "
+        f"warm host {'on' if warm_host() else 'off'}]",
         f"real work         in-process fit+evaluate median {inproc.median:.3f} s (imports warm)",
         f"sanity            in-process metrics equal the pipeline's metrics/eval.json: "
         f"{'yes' if metrics_match else 'NO'}",
@@ -211,7 +224,7 @@ def report(m: Machine, repro: Sample, status: Sample, full: Sample, trivial: Sam
                  "goal": NOOP_GOAL, "ok": ok},
         "full": {"pipeline": full.to_json(), "trivial": trivial.to_json(), "in_process": inproc.to_json(),
                  "overhead_s": round(overhead, 4), "goal_s": OVERHEAD_GOAL, "ok": full_ok,
-                 "metrics_match": metrics_match},
+                 "metrics_match": metrics_match, "warm_host": warm_host()},
     }
     return "\n".join(lines), result
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,28 @@ from modelshelf.sandbox import hermetic_env
 BIN = Path(sys.executable).parent
 
 
+@pytest.fixture(scope="session")
+def session_warm_dir() -> Iterator[Path]:
+    """This worker's own socket directory for warm stage hosts, stopped at the end of the session.
+
+    Short and under /tmp, since a socket path holds about 100 bytes.
+    """
+    from modelshelf.pipeline import warm
+
+    d = Path(tempfile.mkdtemp(prefix="shelfs-", dir="/tmp"))
+    yield d
+    warm.stop(str(d))
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
-def isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private HOME, no system/global git config, a fixed git identity, no analytics."""
+def isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+             session_warm_dir: Path) -> Path:
+    """A private HOME, no system/global git config, a fixed git identity, no analytics,
+    and this session's own warm stage hosts."""
     home = tmp_path_factory.mktemp("home")
     env = hermetic_env(home, name="Test")
+    env["SHELF_WARM_DIR"] = str(session_warm_dir)
     for key in list(os.environ):
         if key not in env:  # GIT_*/DVC_*
             monkeypatch.delenv(key, raising=False)

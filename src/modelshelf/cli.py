@@ -80,9 +80,21 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser if added or only is None else build_parser()
 
 
+# Stage commands that a warm host (modelshelf.pipeline.warm) runs with its imports done.
+_WARM_STAGES = frozenset(("prepare", "train", "evaluate", "gate", "serialise"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
+    if (from_command_line and command in _WARM_STAGES and os.name == "posix" and "--traceback" not in argv
+            and os.environ.get("SHELF_WARM", "1").strip().lower() not in ("0", "false", "no", "off")):
+        from modelshelf.pipeline import warm
+
+        status = warm.run(argv)
+        if status is not None:
+            return status
     args = build_parser(command).parse_args(argv)
     traceback = getattr(args, "traceback", False)
     try:
