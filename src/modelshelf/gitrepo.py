@@ -3,6 +3,7 @@ shallow or tag-less clone lacks."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -75,6 +76,30 @@ class GitRepo:
         """The commit sha ``rev`` names, or None when it names nothing."""
         proc = self.run("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
         return proc.stdout.strip() if proc.returncode == 0 else None
+
+    def resolve_branch(self, rev: str) -> tuple[str, str] | None:
+        """``(sha, how)`` for a baseline such as ``main``, also on a forge's checkout.
+
+        A pull request's checkout is detached with no local ``main`` (GitHub keeps
+        ``origin/main``; a shallow or single-branch one may have only the base SHA), so after
+        ``rev`` itself come the default remote's ``REMOTE/rev`` and then the pull request's
+        base commit when ``rev`` is its target branch (:func:`forge_base`). ``how`` is empty
+        when ``rev`` resolved as given, else says what stood in for it.
+        """
+        sha = self.resolve(rev)
+        if sha is not None:
+            return sha, ""
+        remote = self.default_remote()
+        if remote is not None and not rev.startswith(("refs/", f"{remote}/")):
+            sha = self.resolve(f"refs/remotes/{remote}/{rev}")
+            if sha is not None:
+                return sha, f"{remote}/{rev} (no local branch {rev})"
+        base = forge_base(rev)
+        if base is not None:
+            sha = self.resolve(base[0])
+            if sha is not None:
+                return sha, f"{base[0][:12]}, {base[1]}"
+        return None
 
     def has_any_commit(self) -> bool:
         """True when any ref in the repository names a commit."""
@@ -274,3 +299,25 @@ def _git(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subpr
                               env={**os.environ, **env} if env else None)
     except FileNotFoundError:
         raise GitError("git", "command not found", "install git") from None
+
+
+def forge_base(branch: str) -> tuple[str, str] | None:
+    """``(sha, source)`` of the pull request's base commit when ``branch`` is its target.
+
+    Read from the forge's own environment: GitHub's event payload (``GITHUB_EVENT_PATH``,
+    ``pull_request.base.sha``, when ``GITHUB_BASE_REF`` is ``branch``) and GitLab's
+    ``CI_MERGE_REQUEST_DIFF_BASE_SHA`` (when ``CI_MERGE_REQUEST_TARGET_BRANCH_NAME`` is).
+    """
+    if os.environ.get("GITHUB_BASE_REF") == branch and os.environ.get("GITHUB_EVENT_PATH"):
+        try:
+            event = json.loads(Path(os.environ["GITHUB_EVENT_PATH"]).read_text(encoding="utf-8"))
+            sha = event["pull_request"]["base"]["sha"]
+        except (OSError, ValueError, KeyError, TypeError):
+            sha = None
+        if isinstance(sha, str) and sha:
+            return sha, "the pull request's base"
+    if os.environ.get("CI_MERGE_REQUEST_TARGET_BRANCH_NAME") == branch:
+        sha = os.environ.get("CI_MERGE_REQUEST_DIFF_BASE_SHA", "")
+        if sha:
+            return sha, "the merge request's base"
+    return None

@@ -145,7 +145,7 @@ class GateResult:
         """The human verdict: one line per gated metric, then the baseline and verdict."""
         lines = [c.line() for c in self.checks]
         b = self.baseline
-        where = f"at {b.rev} ({(b.commit or '')[:12]})"
+        where = f"at {b.note if b.found and b.note else b.rev} ({(b.commit or '')[:12]})"
         if b.rescored and b.rescore is not None:
             lines.append(f"baseline: {b.rescore.label()}: {b.rescore.note} {where}; "
                          f"committed {b.path} shown for reference")
@@ -296,13 +296,16 @@ def read_baseline(repo: GitRepo, rev: str, path: str) -> Baseline:
     ``gate.baseline: none`` (a first-of-a-line gate)."""
     if rev == NO_BASELINE:
         return Baseline(rev, path, note="gate.baseline: none: a first-of-a-line gate")
-    commit = repo.resolve(rev)
-    if commit is None and not repo.has_any_commit():
+    found = repo.resolve_branch(rev)
+    if found is None and not repo.has_any_commit():
         return Baseline(rev, path, note="the repository has no commits yet: first model")
-    if commit is None:
-        raise ConfigError("params.yaml: gate.baseline", f"revision '{rev}' not found in git",
+    if found is None:
+        raise ConfigError("params.yaml: gate.baseline", f"revision '{rev}' not found in git "
+                          f"(nor origin/{rev}, nor a pull request's base)",
                           "set gate.baseline to your default branch, or fetch it "
                           f"(`git fetch origin {rev}:{rev}`)")
+    commit, how = found
+    stand_in = f"{rev} as {how}" if how else ""
     raw = repo.show(commit, path)
     if raw is None:
         return Baseline(rev, path, commit, note=f"no {path} at {rev}: first model")
@@ -316,7 +319,7 @@ def read_baseline(repo: GitRepo, rev: str, path: str) -> Baseline:
                         f"fix {path} on {rev}")
     metrics = {k: float(v) for k, v in data.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool) and k in CATALOGUE}
-    return Baseline(rev, path, commit, metrics)
+    return Baseline(rev, path, commit, metrics, note=stand_in)
 
 
 def result_from_json(data: Mapping[str, Any]) -> tuple[bool, Mapping[str, Any]]:

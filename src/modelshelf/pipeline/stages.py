@@ -387,6 +387,6 @@ def _trained_from(repo: GitRepo, ignore: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _baseline_card(repo: GitRepo, rev: str, path: str) -> dict[str, Any] | None:
-    commit = repo.resolve(rev)
-    raw = repo.show(commit, path) if commit else None
+    found = repo.resolve_branch(rev)
+    raw = repo.show(found[0], path) if found else None
     return None if raw is None else parse_card(raw, f"{rev}:{path}")

@@ -1,0 +1,227 @@
+"""A forge simulator: run a workflow job's ``run:`` steps as GitHub Actions runs them.
+
+The job's steps run in order with ``bash -e`` (GitHub's default shell, no pipefail) in a
+checkout prepared as ``actions/checkout`` prepares it (see :func:`pr_checkout`), with
+``${{ … }}`` expressions evaluated from a context, ``if:`` conditions honoured, and
+``GITHUB_OUTPUT``/``GITHUB_STEP_SUMMARY``/``GITHUB_EVENT_PATH`` as files. ``uses:`` steps
+are the simulator's own (the checkout is made beforehand, setup-python is this
+interpreter), and ``make venv`` links the test's own environment rather than installing it.
+The forge's API is the one thing simulated: a recording stub ``gh`` on ``PATH``
+(:data:`GH_STUB`) whose comments live in a JSON file and which can answer 403.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = Path(sys.executable).parent.parent
+
+GH_STUB = r'''#!PYTHON
+"""Stub `gh api`: comments in $GH_STATE (JSON), every call appended to $GH_CALLS."""
+import json, os, sys
+import jq
+
+args = sys.argv[1:]
+state_path = os.environ["GH_STATE"]
+state = json.load(open(state_path))
+with open(os.environ["GH_CALLS"], "a") as log:
+    log.write(json.dumps(args) + "\n")
+if args[:1] != ["api"]:
+    sys.exit("stub gh: only `gh api` is simulated")
+args = args[1:]
+method, jq_expr, fields, path = "GET", None, {}, None
+while args:
+    a = args.pop(0)
+    if a == "--method":
+        method = args.pop(0)
+    elif a == "--jq":
+        jq_expr = args.pop(0)
+    elif a == "--paginate":
+        pass
+    elif a == "-F":
+        k, v = args.pop(0).split("=", 1)
+        fields[k] = open(v[1:], encoding="utf-8").read() if v.startswith("@") else v
+    else:
+        path = a
+if state.get("deny") == "all" or (state.get("deny") == "write" and method != "GET"):
+    print("gh: Resource not accessible by integration (HTTP 403)", file=sys.stderr)
+    sys.exit(1)
+parts = path.split("/")
+if method == "GET" and parts[-1] == "comments":
+    out = state["comments"]
+    if jq_expr:
+        for v in jq.compile(jq_expr).input_value(out).all():
+            print(v)
+    else:
+        print(json.dumps(out))
+elif method == "POST" and parts[-1] == "comments":
+    new = {"id": 1000 + len(state["comments"]), "user": {"login": "github-actions[bot]"},
+           "body": fields["body"]}
+    state["comments"].append(new)
+elif method == "PATCH":
+    cid = int(parts[-1])
+    for c in state["comments"]:
+        if c["id"] == cid:
+            c["body"] = fields["body"]
+            break
+    else:
+        print("gh: Not Found (HTTP 404)", file=sys.stderr)
+        sys.exit(1)
+else:
+    sys.exit(f"stub gh: {method} {path} is not simulated")
+json.dump(state, open(state_path, "w"))
+'''
+
+
+@dataclass
+class Step:
+    name: str
+    ran: bool
+    code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+
+
+@dataclass
+class JobRun:
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(s.code not in (None, 0) for s in self.steps)
+
+    def step(self, name: str) -> Step:
+        return next(s for s in self.steps if s.name == name)
+
+    def log(self) -> str:
+        return "\n".join(f"--- {s.name} (ran={s.ran}, exit={s.code})\n{s.stdout}{s.stderr}" for s in self.steps)
+
+
+class Forge:
+    """The stub API's state and call log, and a ``bin`` directory holding ``gh``."""
+
+    def __init__(self, directory: Path, comments: list[dict[str, Any]] | None = None,
+                 deny: str | None = None) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.state = directory / "gh-state.json"
+        self.calls_file = directory / "gh-calls.jsonl"
+        self.bin = directory / "bin"
+        self.bin.mkdir(exist_ok=True)
+        gh = self.bin / "gh"
+        gh.write_text(GH_STUB.replace("PYTHON", sys.executable, 1))
+        gh.chmod(0o755)
+        self.state.write_text(json.dumps({"comments": comments or [], "deny": deny}))
+        self.calls_file.write_text("")
+
+    @property
+    def comments(self) -> list[dict[str, Any]]:
+        return json.loads(self.state.read_text())["comments"]
+
+    @property
+    def calls(self) -> list[list[str]]:
+        return [json.loads(line) for line in self.calls_file.read_text().splitlines()]
+
+
+_TOKEN = re.compile(r"\s*(?:('(?:[^']|'')*')|(&&|\|\||==|!=|!|\(|\))|([A-Za-z_][\w.\-]*(?:\(\))?))")
+
+
+def evaluate(expr: str, context: dict[str, Any], failed: bool) -> Any:
+    """A GitHub expression (the subset the workflows use): paths, strings, ==, !=, !, &&, ||."""
+    out, pos = [], 0
+    expr = expr.strip()
+    while pos < len(expr):
+        m = _TOKEN.match(expr, pos)
+        if not m or m.end() == pos:
+            raise ValueError(f"forge simulator: cannot read {expr!r} at {pos}")
+        pos = m.end()
+        string, op, name = m.groups()
+        if string is not None:
+            out.append(repr(string[1:-1].replace("''", "'")))
+        elif op is not None:
+            out.append({"&&": " and ", "||": " or ", "!": " not "}.get(op, op))
+        elif name in ("always()", "cancelled()", "success()", "failure()"):
+            out.append(repr({"always()": True, "cancelled()": False,
+                             "success()": not failed, "failure()": failed}[name]))
+        else:
+            value: Any = context
+            for part in name.split("."):
+                value = value.get(part, "") if isinstance(value, dict) else ""
+            out.append(repr(value))
+    return eval("".join(out), {"__builtins__": {}})  # noqa: S307 -- our own tokens only
+
+
+def substitute(text: str, context: dict[str, Any], failed: bool = False) -> str:
+    return re.sub(r"\$\{\{(.*?)\}\}", lambda m: str(evaluate(m.group(1), context, failed)), text)
+
+
+def run_job(workflow: str, job: str, checkout: Path, forge: Forge, context: dict[str, Any],
+            env: dict[str, str] | None = None) -> JobRun:
+    """Run ``job`` of ``.github/workflows/WORKFLOW`` in ``checkout``; each step's outcome."""
+    flow = yaml.safe_load((ROOT / ".github/workflows" / workflow).read_text())
+    work = checkout.parent / f"{checkout.name}-runner"
+    work.mkdir(exist_ok=True)
+    summary, event = work / "summary.md", work / "event.json"
+    summary.write_text("")
+    event.write_text(json.dumps(context["github"].get("event", {})))
+    context = {**context, "steps": {}}
+    base_env = {**os.environ, **(env or {}), "GITHUB_ACTIONS": "true", "CI": "true",
+                "GITHUB_STEP_SUMMARY": str(summary), "GITHUB_EVENT_PATH": str(event),
+                "GITHUB_WORKSPACE": str(checkout),
+                "PATH": f"{forge.bin}{os.pathsep}{os.environ['PATH']}",
+                "GH_STATE": str(forge.state), "GH_CALLS": str(forge.calls_file)}
+    if context["github"].get("base_ref"):
+        base_env["GITHUB_BASE_REF"] = context["github"]["base_ref"]
+    result = JobRun()
+    for i, step in enumerate(flow["jobs"][job]["steps"]):
+        name = step.get("name", f"step {i}")
+        cond = step.get("if", "success()")
+        cond = cond[3:-2] if cond.startswith("${{") else cond
+        if not evaluate(cond, context, result.failed):
+            result.steps.append(Step(name, False))
+            context["steps"][step.get("id", f"_{i}")] = {"outcome": "skipped", "outputs": {}}
+            continue
+        if "uses" in step:  # checkout: made beforehand; setup-python: this interpreter
+            result.steps.append(Step(name, True, 0))
+            continue
+        script = step["run"]
+        if script.strip() == "make venv":  # the test's own environment, not a second install
+            if not (checkout / ".venv").exists():
+                (checkout / ".venv").symlink_to(VENV)
+            result.steps.append(Step(name, True, 0))
+            continue
+        outputs = work / f"output-{i}"
+        outputs.write_text("")
+        step_env = {**base_env, "GITHUB_OUTPUT": str(outputs)}
+        step_env.update({k: str(substitute(str(v), context, result.failed))
+                         for k, v in (step.get("env") or {}).items()})
+        proc = subprocess.run(["bash", "-e", "-c", substitute(script, context, result.failed)],
+                              cwd=checkout, env=step_env, capture_output=True, text=True, check=False)
+        values = dict(line.split("=", 1) for line in outputs.read_text().splitlines() if "=" in line)
+        context["steps"][step.get("id", f"_{i}")] = {
+            "outcome": "success" if proc.returncode == 0 else "failure", "outputs": values}
+        result.steps.append(Step(name, True, proc.returncode, proc.stdout, proc.stderr))
+    return result
+
+
+def pr_checkout(origin: Path, dest: Path, number: int) -> str:
+    """Check out pull request ``number`` as ``actions/checkout`` does on ``pull_request``:
+    ``refs/pull/N/merge`` detached, ``origin/*`` fetched (fetch-depth 0), no local branch.
+    Returns the base commit (``origin/main``)."""
+    subprocess.run(["git", "init", "-q", str(dest)], check=True)
+    git = ["git", "-C", str(dest)]
+    subprocess.run([*git, "remote", "add", "origin", str(origin)], check=True)
+    subprocess.run([*git, "fetch", "-q", "--tags", "origin", "+refs/heads/*:refs/remotes/origin/*",
+                    f"+refs/pull/{number}/merge:refs/remotes/pull/{number}/merge"], check=True)
+    subprocess.run([*git, "checkout", "-q", "--detach", f"refs/remotes/pull/{number}/merge"], check=True)
+    return subprocess.run([*git, "rev-parse", "refs/remotes/origin/main"], check=True,
+                          capture_output=True, text=True).stdout.strip()

@@ -1,0 +1,130 @@
+"""The model-report workflow's own steps, run as GitHub runs them on a pull request.
+
+The pull request's checkout is detached at ``refs/pull/N/merge`` with only ``origin/*``, no
+DVC remote (as shipped), and the forge's API is a recording stub (``tests/forge.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import Project, run
+from forge import Forge, JobRun, pr_checkout, run_job
+from modelshelf.report import MARKER
+
+NUMBER = 7
+BOT = {"login": "github-actions[bot]"}
+
+
+def open_pr(p: Project, tmp_path: Path, change: dict[str, Any] | None = None, raw: str | None = None) -> Path:
+    """Push main and pull request NUMBER (``change`` merged into params.yaml, or ``raw`` as
+    params.yaml) to a bare origin, as the forge holds them; check the PR out as Actions does."""
+    origin = tmp_path / "origin.git"
+    run(["git", "init", "-q", "--bare", str(origin)], tmp_path)
+    p.git("push", "-q", str(origin), "main")
+    p.git("checkout", "-q", "-b", "feature")
+    if raw is not None:
+        (p.root / "params.yaml").write_text(raw)
+    else:
+        p.set_params(**(change or {}))
+    (p.root / "NOTES.md").write_text("a pull request\n")
+    p.commit("the pull request")
+    p.git("checkout", "-q", "--detach", "main")
+    p.git("merge", "-q", "--no-ff", "-m", "Merge feature into main", "feature")
+    p.git("push", "-q", str(origin), f"HEAD:refs/pull/{NUMBER}/merge")
+    p.git("checkout", "-q", "main")
+    dest = tmp_path / "runner" / "work"
+    dest.parent.mkdir()
+    pr_checkout(origin, dest, NUMBER)
+    return dest
+
+
+def context(base: str = "main") -> dict[str, Any]:
+    return {"github": {"token": "ghs_stub", "repository": "acme/models", "run_id": "42",
+                       "server_url": "https://github.example", "base_ref": base,
+                       "event": {"pull_request": {"number": NUMBER, "base": {"ref": base}}}},
+            "secrets": {}}
+
+
+def report_job(checkout: Path, forge: Forge) -> JobRun:
+    return run_job("model-report.yml", "report", checkout, forge, context())
+
+
+def ours(forge: Forge) -> list[dict[str, Any]]:
+    return [c for c in forge.comments if c["user"] == BOT and c["body"].startswith(MARKER)]
+
+
+def test_a_passing_pr_gets_one_comment_and_a_green_check(built: Project, tmp_path: Path) -> None:
+    checkout = open_pr(built, tmp_path)
+    forge = Forge(tmp_path / "forge")
+    job = report_job(checkout, forge)
+    assert not job.failed, job.log()
+    [comment] = ours(forge)
+    assert "PASSED" in comment["body"] or "✓" in comment["body"], comment["body"]
+    assert job.step("Fail the check when the gate fails").ran is False
+    again = report_job(checkout, forge)  # a re-run updates the same comment
+    assert not again.failed, again.log()
+    assert len(forge.comments) == 1
+    assert any("PATCH" in call for call in forge.calls)
+
+
+def test_a_failing_gate_still_posts_its_comment_and_turns_the_check_red(built: Project, tmp_path: Path) -> None:
+    checkout = open_pr(built, tmp_path, {"gate": {"thresholds": {"accuracy": 0.9999}}})
+    forge = Forge(tmp_path / "forge")
+    job = report_job(checkout, forge)
+    assert job.step("Obtain the candidate (dvc pull, or dvc repro without a remote)").code == 0, job.log()
+    assert job.step("Fail the check when the gate fails").code == 1, job.log()
+    [comment] = ours(forge)
+    assert "fails the gate" in comment["body"] and "accuracy: below threshold" in comment["body"], comment["body"]
+
+
+def test_an_error_posts_an_error_line_not_an_empty_body(built: Project, tmp_path: Path) -> None:
+    params = yaml.safe_load((built.root / "params.yaml").read_text())
+    params["train"]["estimatr"] = params["train"].pop("estimator")
+    checkout = open_pr(built, tmp_path, raw=yaml.safe_dump(params, sort_keys=False))
+    forge = Forge(tmp_path / "forge")
+    job = report_job(checkout, forge)
+    assert job.failed
+    [comment] = ours(forge)
+    assert "no report (error)" in comment["body"] and "exited" in comment["body"], comment["body"]
+    assert "https://github.example/acme/models/actions/runs/42" in comment["body"]
+    assert all(len(c["body"].strip()) > len(MARKER) for c in forge.comments)
+
+
+def test_a_persons_comment_quoting_the_marker_is_never_overwritten(built: Project, tmp_path: Path) -> None:
+    checkout = open_pr(built, tmp_path)
+    person = {"id": 5, "user": {"login": "alice"}, "body": f"{MARKER} why does the bot say this?"}
+    quoted = {"id": 6, "user": BOT, "body": f"an older bot note that mentions {MARKER}"}
+    forge = Forge(tmp_path / "forge", comments=[person, quoted])
+    job = report_job(checkout, forge)
+    assert not job.failed, job.log()
+    assert forge.comments[0] == person and forge.comments[1] == quoted
+    assert len(ours(forge)) == 1
+
+
+def test_a_read_only_token_leaves_a_notice_and_the_checks_verdict(built: Project, tmp_path: Path) -> None:
+    """A fork's or Dependabot's pull request: 403 on every write; the gate decides the check."""
+    checkout = open_pr(built, tmp_path)
+    forge = Forge(tmp_path / "forge", deny="write")
+    job = report_job(checkout, forge)
+    assert not job.failed, job.log()
+    post = job.step("Post or update the sticky comment")
+    assert "::notice::cannot write the comment" in post.stdout
+    assert forge.comments == []
+    summary = (checkout.parent / "work-runner" / "summary.md").read_text()
+    assert summary.startswith(MARKER)
+
+
+@pytest.mark.parametrize("workflow", ["model-report.yml"])
+def test_the_simulator_reads_every_step(workflow: str) -> None:
+    """Every step is one the simulator can run: a ``run:`` script or a known action."""
+    flow = yaml.safe_load((Path(__file__).resolve().parents[1] / ".github/workflows" / workflow).read_text())
+    for job in flow["jobs"].values():
+        for step in job["steps"]:
+            assert "run" in step or step["uses"].split("@")[0] in {"actions/checkout", "actions/setup-python"}
+    assert json.dumps(flow)  # plain data
