@@ -225,3 +225,13 @@ def pr_checkout(origin: Path, dest: Path, number: int) -> str:
     subprocess.run([*git, "checkout", "-q", "--detach", f"refs/remotes/pull/{number}/merge"], check=True)
     return subprocess.run([*git, "rev-parse", "refs/remotes/origin/main"], check=True,
                           capture_output=True, text=True).stdout.strip()
+
+
+def push_checkout(origin: Path, dest: Path, branch: str = "main") -> None:
+    """Check out ``branch`` as ``actions/checkout`` does on ``push`` (fetch-depth 0): all of
+    ``origin/*`` and the tags fetched, then ``git checkout -B BRANCH origin/BRANCH``."""
+    subprocess.run(["git", "init", "-q", str(dest)], check=True)
+    git = ["git", "-C", str(dest)]
+    subprocess.run([*git, "remote", "add", "origin", str(origin)], check=True)
+    subprocess.run([*git, "fetch", "-q", "--tags", "origin", "+refs/heads/*:refs/remotes/origin/*"], check=True)
+    subprocess.run([*git, "checkout", "-q", "-B", branch, f"refs/remotes/origin/{branch}"], check=True)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import Project, run
-from forge import Forge, JobRun, pr_checkout, run_job
+from forge import Forge, JobRun, pr_checkout, push_checkout, run_job
 from modelshelf.report import MARKER
 
 NUMBER = 7
@@ -120,7 +120,7 @@ def test_a_read_only_token_leaves_a_notice_and_the_checks_verdict(built: Project
     assert summary.startswith(MARKER)
 
 
-@pytest.mark.parametrize("workflow", ["model-report.yml"])
+@pytest.mark.parametrize("workflow", ["model-report.yml", "release.yml"])
 def test_the_simulator_reads_every_step(workflow: str) -> None:
     """Every step is one the simulator can run: a ``run:`` script or a known action."""
     flow = yaml.safe_load((Path(__file__).resolve().parents[1] / ".github/workflows" / workflow).read_text())
@@ -128,3 +128,19 @@ def test_the_simulator_reads_every_step(workflow: str) -> None:
         for step in job["steps"]:
             assert "run" in step or step["uses"].split("@")[0] in {"actions/checkout", "actions/setup-python"}
     assert json.dumps(flow)  # plain data
+
+
+def test_a_push_to_main_without_a_dvc_remote_is_a_green_no_op(built: Project, tmp_path: Path) -> None:
+    """As shipped there is no DVC remote: the release job says so and stays green, no tag."""
+    origin = tmp_path / "origin.git"
+    run(["git", "init", "-q", "--bare", str(origin)], tmp_path)
+    built.git("push", "-q", str(origin), "main")
+    checkout = tmp_path / "runner" / "work"
+    checkout.parent.mkdir()
+    push_checkout(origin, checkout)
+    forge = Forge(tmp_path / "forge")
+    job = run_job("release.yml", "release", checkout, forge,
+                  {"github": {"token": "ghs_stub", "ref": "refs/heads/main"}, "secrets": {}})
+    assert not job.failed, job.log()
+    assert "::notice::no DVC remote is configured" in job.step("Release").stdout
+    assert run(["git", "tag", "-l"], origin).stdout == ""
