@@ -120,7 +120,7 @@ def test_a_read_only_token_leaves_a_notice_and_the_checks_verdict(built: Project
     assert summary.startswith(MARKER)
 
 
-@pytest.mark.parametrize("workflow", ["model-report.yml", "release.yml"])
+@pytest.mark.parametrize("workflow", ["model-report.yml", "release.yml", "drift.yml"])
 def test_the_simulator_reads_every_step(workflow: str) -> None:
     """Every step is one the simulator can run: a ``run:`` script or a known action."""
     flow = yaml.safe_load((Path(__file__).resolve().parents[1] / ".github/workflows" / workflow).read_text())
@@ -144,3 +144,22 @@ def test_a_push_to_main_without_a_dvc_remote_is_a_green_no_op(built: Project, tm
     assert not job.failed, job.log()
     assert "::notice::no DVC remote is configured" in job.step("Release").stdout
     assert run(["git", "tag", "-l"], origin).stdout == ""
+
+
+def test_a_drift_error_is_a_red_job_not_no_drift(released: Project, tmp_path: Path) -> None:
+    """`shelf drift` failing (here: no version holds `prod`) must not pass as "no drift"."""
+    origin = tmp_path / "gh-origin.git"
+    run(["git", "init", "-q", "--bare", str(origin)], tmp_path)
+    released.git("push", "-q", "--tags", str(origin), "main")
+    checkout = tmp_path / "runner" / "work"
+    checkout.parent.mkdir()
+    push_checkout(origin, checkout)
+    forge = Forge(tmp_path / "forge")
+    job = run_job("drift.yml", "drift", checkout, forge,
+                  {"github": {"token": "ghs_stub", "repository": "acme/models", "run_id": "42"},
+                   "secrets": {}})
+    check = job.step("Drift check against prod")
+    assert check.code == 0, job.log()
+    assert job.step("An error is not \"no drift\"").code == 1, job.log()
+    assert job.step("Retrain on a branch and open a pull request").ran is False
+    assert forge.calls == []
