@@ -190,9 +190,9 @@ def same_metrics(ours: Mapping[str, float], pipeline: Mapping[str, Any]) -> bool
 
 def warm_host() -> bool:
     """Whether the stage commands run in a warm host (``SHELF_WARM=0`` turns it off)."""
-    import os
+    from modelshelf.pipeline import warm
 
-    return os.name == "posix" and os.environ.get("SHELF_WARM", "1").strip().lower() not in ("0", "false", "no", "off")
+    return warm.enabled()
 
 
 # -- report --------------------------------------------------------------------------------------

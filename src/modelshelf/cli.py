@@ -88,11 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    if (from_command_line and command in _WARM_STAGES and os.name == "posix" and "--traceback" not in argv
-            and os.environ.get("SHELF_WARM", "1").strip().lower() not in ("0", "false", "no", "off")):
-        from modelshelf.pipeline import warm
+    if from_command_line and command in _WARM_STAGES and "--traceback" not in argv:
+        from modelshelf.pipeline import warm  # standard library only: no heavy import here
 
-        status = warm.run(argv)
+        status = warm.run(argv) if warm.enabled() else None
         if status is not None:
             return status
     args = build_parser(command).parse_args(argv)

@@ -20,6 +20,7 @@ Only the standard library is imported here at module level: the client side must
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -67,6 +68,11 @@ class Unavailable(Exception):
 
 
 # -- where, and under which key ---------------------------------------------------------------------
+
+def enabled(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether stage commands use warm hosts: on POSIX unless ``SHELF_WARM`` is 0/false/no/off."""
+    return os.name == "posix" and env.get("SHELF_WARM", "1").strip().lower() not in ("0", "false", "no", "off")
+
 
 def socket_dir(env: Mapping[str, str] = os.environ) -> str:
     """The directory for this user's sockets (not created)."""
@@ -504,7 +510,7 @@ class _Host:
         # backlog.  Bound under a temporary name and renamed, so the path never names a socket
         # nobody listens on; whatever was there is stale (we hold the key's lock).
         tmp = os.path.join(self.directory, f".{self.key}.{os.getpid()}.tmp")
-        with _suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(tmp)
@@ -549,7 +555,7 @@ class _Host:
             wait = 1.0 if self.children else max(0.0, min(1.0, self.idle - (time.monotonic() - last)))
             ready, _, _ = select.select([self.listener, self.wake_r], [], [], wait)
             if self.wake_r in ready:
-                with _suppress(BlockingIOError):
+                with contextlib.suppress(BlockingIOError):
                     os.read(self.wake_r, 4096)
             self._reap()
             if self.listener in ready:
@@ -586,7 +592,7 @@ class _Host:
             conn.close()
             return
         if request.get("op") == "ping":
-            with _suppress(OSError):
+            with contextlib.suppress(OSError):
                 _send(conn, b"P", json.dumps({"pid": os.getpid(), "key": self.key, "imports_s": self.imports_s,
                                               "children": sorted(self.children)}).encode())
             conn.close()
@@ -634,13 +640,13 @@ class _Host:
                 code = os.waitstatus_to_exitcode(status)
                 self.log.info("child %d: exit %d after %.2f s", pid, code, took)
                 frame = (b"X", struct.pack("!i", code))
-            with _suppress(OSError):
+            with contextlib.suppress(OSError):
                 _send(conn, *frame)
             conn.close()
 
     def _shutdown(self) -> None:
         if getattr(self, "identity", None) and self._socket_is_ours():
-            with _suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.sock_path)
         if getattr(self, "listener", None) is not None:
             self.listener.close()
@@ -685,9 +691,9 @@ class _Child:
             conn.settimeout(None)
             self._watch(frames)
         except BaseException:  # noqa: BLE001 - never return into the host's loop
-            with _suppress(Exception):
+            with contextlib.suppress(Exception):
                 self.host.log.exception("child %d failed to start", os.getpid())
-            with _suppress(OSError):
+            with contextlib.suppress(OSError):
                 _send(self.conn, b"F")
             os._exit(1)
         return _run_cli(self.request["argv"][1:])
@@ -743,7 +749,7 @@ def _take_stdio(fds: Sequence[int]) -> None:
     import io
 
     for stream in (sys.stdout, sys.stderr):
-        with _suppress(Exception):
+        with contextlib.suppress(Exception):
             stream.flush()
     for target, fd in enumerate(fds):
         if fd != target:
@@ -806,19 +812,6 @@ def _flush_stdio() -> bool:
     return ok
 
 
-class _suppress:
-    """contextlib.suppress without importing contextlib on the client's path."""
-
-    def __init__(self, *exceptions: type[BaseException]) -> None:
-        self.exceptions = exceptions
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
-        return kind is not None and issubclass(kind, self.exceptions)
-
-
 def _main(argv: Sequence[str]) -> int:
     """``python -m modelshelf.pipeline.warm status|stop``."""
     command = argv[0] if argv else "status"
@@ -839,4 +832,4 @@ if __name__ == "__main__":
     raise SystemExit(_main(sys.argv[1:]))
 
 
-__all__ = ["Unavailable", "compute_key", "hosts", "ping", "private_dir", "run", "socket_dir", "stop"]
+__all__ = ["Unavailable", "compute_key", "enabled", "hosts", "ping", "private_dir", "run", "socket_dir", "stop"]
