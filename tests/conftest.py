@@ -49,7 +49,6 @@ def isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
     home = tmp_path_factory.mktemp("home")
     env = hermetic_env(home, name="Test")
     env["SHELF_WARM_DIR"] = str(session_warm_dir)
-    env["SHELF_WARM"] = "0"  # cold stages outside test_warm.py until the SIGKILL flake (-9 at prepare) is found
     for key in list(os.environ):
         if key not in env:  # GIT_*/DVC_*
             monkeypatch.delenv(key, raising=False)

@@ -17,6 +17,7 @@ import socket
 import struct
 import subprocess
 import tempfile
+import threading
 import termios
 import time
 from collections.abc import Callable, Iterator
@@ -328,3 +329,26 @@ def test_a_host_starts_with_the_commands_interpreter_options() -> None:
         "-X", "dev", "-Werror", "-O"]
     assert warm.interpreter_options(["python", "-I", "-W", "ignore", "-c", "code", "-X"]) == ["-I", "-W", "ignore"]
     assert warm.interpreter_options(["python", "-", "-O"]) == []
+
+
+def test_the_watchdog_waits_for_its_client_whatever_the_shared_fd_flag_says() -> None:
+    """A forked child's connection shares its open file description, and so O_NONBLOCK, with the
+    host's copy.  The host once set its timeout after the fork: a child that had switched to
+    blocking reads then saw EAGAIN, took it for a lost client, and SIGKILLed itself mid-stage
+    (``shelf prepare ... exited with -9`` under ``dvc repro`` in CI)."""
+    child_end, client_end = socket.socketpair()
+    with child_end, client_end:
+        child_end.settimeout(30.0)  # as the child leaves it after G
+        os.set_blocking(child_end.fileno(), False)  # as another process's settimeout leaves the flag
+        relayed: list[int] = []
+        done = threading.Event()
+        watchdog = threading.Thread(target=lambda: (warm._await_client(child_end, b"", relayed.append), done.set()),
+                                    daemon=True)
+        watchdog.start()
+        assert not done.wait(0.5), "the watchdog gave up on a client that is still connected"
+        client_end.sendall(frame(b"S", bytes([signal.SIGTERM])))
+        until("the relayed signal", lambda: relayed)
+        assert not done.is_set()
+        client_end.shutdown(socket.SHUT_WR)
+        assert done.wait(DEADLINE)
+        assert relayed == [signal.SIGTERM]

@@ -24,12 +24,13 @@ import contextlib
 import hashlib
 import json
 import os
+import select
 import signal
 import socket
 import stat
 import struct
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 PROTOCOL = 1
@@ -169,11 +170,32 @@ def _send(sock: socket.socket, kind: bytes, payload: bytes = b"") -> None:
 
 
 class _Frames:
-    """Reads frames off a stream socket; ``next()`` is None at EOF (or a reset connection)."""
+    """Reads frames off a stream socket; ``next()`` is None at EOF (or a reset connection).
 
-    def __init__(self, sock: socket.socket, data: bytes = b"") -> None:
+    ``patient``: wait in ``poll`` and retry a read that would block or time out.  A forked child
+    shares its connection's open file description, and so its ``O_NONBLOCK`` flag, with the
+    host; a read that trusted the socket's own timeout setting could see EAGAIN and take it
+    for a lost client.
+    """
+
+    def __init__(self, sock: socket.socket, data: bytes = b"", patient: bool = False) -> None:
         self.sock = sock
         self.data = data
+        self.patient = patient
+
+    def _recv(self) -> bytes:
+        while True:
+            if self.patient:
+                poller = select.poll()
+                poller.register(self.sock.fileno(), select.POLLIN)
+                poller.poll()
+            try:
+                return self.sock.recv(65536)
+            except (ConnectionResetError, BrokenPipeError):
+                return b""
+            except (BlockingIOError, InterruptedError, TimeoutError):
+                if not self.patient:
+                    raise
 
     def next(self) -> tuple[bytes, bytes] | None:
         while True:
@@ -183,10 +205,7 @@ class _Frames:
                     payload = self.data[_HEADER.size:_HEADER.size + size]
                     self.data = self.data[_HEADER.size + size:]
                     return kind, payload
-            try:
-                chunk = self.sock.recv(65536)
-            except (ConnectionResetError, BrokenPipeError):
-                chunk = b""
+            chunk = self._recv()
             if not chunk:
                 return None
             self.data += chunk
@@ -607,12 +626,14 @@ class _Host:
     def _fork(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
         import time
 
+        # Set before the fork: a timeout is the fd's O_NONBLOCK flag, shared with the child, and
+        # changed after the fork it would race the child's own setting.
+        conn.settimeout(1.0)
         pid = os.fork()
         if pid == 0:
             raise _ChildExit(_Child(self, conn, request, fds).run())
         for fd in fds:
             os.close(fd)
-        conn.settimeout(1.0)
         self.children[pid] = (conn, time.monotonic())
         self.log.info("child %d: %s (in %s)", pid, " ".join(request["argv"][1:]), request["cwd"])
 
@@ -688,8 +709,7 @@ class _Child:
             frame = frames.next()
             if frame is None or frame[0] != b"G":
                 os._exit(0)  # the client ran it itself or went away: nothing ran here
-            conn.settimeout(None)
-            self._watch(frames)
+            self._watch(frames.data)
         except BaseException:  # noqa: BLE001 - never return into the host's loop
             with contextlib.suppress(Exception):
                 self.host.log.exception("child %d failed to start", os.getpid())
@@ -724,22 +744,29 @@ class _Child:
         if "tempfile" in sys.modules:  # found again from this command's TMPDIR, not the host's
             sys.modules["tempfile"].tempdir = None
 
-    def _watch(self, frames: _Frames) -> None:
+    def _watch(self, data: bytes) -> None:
         import threading
 
         def watch() -> None:
-            while True:
-                try:
-                    frame = frames.next()
-                except OSError:
-                    frame = None
-                if frame is None:  # the client is gone (kill -9): so are we, and our group
-                    os.killpg(0, signal.SIGKILL)
-                    return
-                if frame[0] == b"S" and frame[1]:
-                    os.kill(os.getpid(), frame[1][0])
+            _await_client(self.conn, data, lambda signum: os.kill(os.getpid(), signum))
+            os.killpg(0, signal.SIGKILL)  # the client is gone (kill -9): so are we, and our group
 
         threading.Thread(target=watch, name="shelf-warm-watchdog", daemon=True).start()
+
+
+def _await_client(sock: socket.socket, data: bytes, on_signal: Callable[[int], object]) -> None:
+    """Return once the client's end of ``sock`` is closed or reset (``data``: what was read past
+    the last frame), calling ``on_signal(signum)`` for every signal it relays meanwhile."""
+    frames = _Frames(sock, data, patient=True)
+    while True:
+        try:
+            frame = frames.next()
+        except OSError:
+            frame = None
+        if frame is None:
+            return
+        if frame[0] == b"S" and frame[1]:
+            on_signal(frame[1][0])
 
 
 def _take_stdio(fds: Sequence[int]) -> None:
