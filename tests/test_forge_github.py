@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import Project, run
+from conftest import Project, customers, run
 from forge import Forge, JobRun, pr_checkout, push_checkout, run_job
 from modelshelf.report import MARKER
 
@@ -163,3 +163,66 @@ def test_a_drift_error_is_a_red_job_not_no_drift(released: Project, tmp_path: Pa
     assert job.step("An error is not \"no drift\"").code == 1, job.log()
     assert job.step("Retrain on a branch and open a pull request").ran is False
     assert forge.calls == []
+
+
+def release_job(p: Project, tmp_path: Path) -> tuple[JobRun, Path]:
+    """Push ``p``'s main and tags to a bare origin as the forge holds them; run the release
+    job on the push's checkout (``p``'s DVC remote is a local directory)."""
+    origin = Path(p.git("remote", "get-url", "origin").stdout.strip())
+    p.git("push", "-q", "--tags", "origin", "main")
+    checkout = tmp_path / "runner" / "work"
+    checkout.parent.mkdir(exist_ok=True)
+    push_checkout(origin, checkout)
+    job = run_job("release.yml", "release", checkout, Forge(tmp_path / "forge"),
+                  {"github": {"token": "ghs_stub", "ref": "refs/heads/main"}, "secrets": {}})
+    return job, origin
+
+
+def test_new_data_landed_on_main_is_a_green_no_op_naming_the_release(released: Project, tmp_path: Path) -> None:
+    """The README's cycle lands data first (`dvc add`, commit): main's model is still the
+    released one, so the release job says so and stays green; it neither refuses nor tags."""
+    released.add_csv("customers.csv", customers(300, seed=3))
+    released.commit("new data")
+    released.dvc("push", "-q")
+    job, origin = release_job(released, tmp_path)
+    assert not job.failed, job.log()
+    out = job.step("Release").stdout
+    assert "already released as model@v1.0.0" in out and "the pipeline is not up to date" in out, out
+    assert "dvc repro" in out
+    assert run(["git", "tag", "-l"], origin).stdout.split() == ["model@v1.0.0"]
+
+
+def test_a_model_never_released_on_stale_inputs_is_still_refused(remote_project: Project) -> None:
+    remote_project.add_csv("customers.csv", customers(300, seed=3))
+    remote_project.commit("new data")
+    done = remote_project.shelf("release", check=False)
+    assert done.returncode == 7 and "the pipeline is not up to date" in done.stderr, done.stderr
+
+
+def test_a_protected_main_refusing_the_renumber_says_so(released: Project, tmp_path: Path) -> None:
+    """Another release took the card's version, so the job renumbers: a commit on main. A
+    protected main refuses that push; the job's one line says it was the protection (not "the
+    branch moved"), undoes the commit and tag, and names the two ways out."""
+    first = released.git("rev-parse", "HEAD").stdout.strip()
+    hyper = released.params()["train"]["hyperparams"]
+    hyper["n_estimators"] = 120
+    released.set_params(train={"hyperparams": hyper}, gate={"tolerance": 0.05})
+    released.dvc("repro", "-q")
+    released.commit("retrain: 120 trees")
+    released.git("tag", "-a", "model@v1.1.0", "-m", "Registering artifact model version v1.1.0", first)
+    released.dvc("push", "-q")
+    origin = Path(released.git("remote", "get-url", "origin").stdout.strip())
+    released.git("push", "-q", "--tags", "origin", "main")
+    hook = origin / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\nwhile read old new ref; do\n  if [ \"$ref\" = refs/heads/main ]; then\n"
+                    "    echo 'error: GH006: Protected branch update failed for refs/heads/main.' >&2; exit 1\n"
+                    "  fi\ndone\n")
+    hook.chmod(0o755)
+    job, _ = release_job(released, tmp_path)
+    step = job.step("Release")
+    assert step.code == 7, job.log()
+    [line] = [ln for ln in step.stderr.splitlines() if ln.startswith("shelf: error")]
+    assert "refused the push to main" in line and "GH006: Protected branch update failed" in line, line
+    assert "git pull --rebase" not in line and "moved" not in line
+    assert "renumber commit and its tag were undone" in line and "docs/setup.md" in line, line
+    assert run(["git", "tag", "-l"], origin).stdout.split() == ["model@v1.0.0", "model@v1.1.0"]

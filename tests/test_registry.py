@@ -759,7 +759,8 @@ def test_a_release_killed_at_any_moment_is_complete_or_absent(remote_project: Pr
                                 stderr=subprocess.PIPE, start_new_session=True)
         try:
             proc.wait(timeout=delay)
-            outcomes.append(f"finished ({proc.returncode})")
+            err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+            outcomes.append(f"finished ({proc.returncode})" + (f": {err}" if proc.returncode else ""))
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its dvc/git children, all at once
             proc.wait()

@@ -55,8 +55,9 @@ _RENUMBERED = re.compile(r"^(major|minor|patch): renumbered from (\S+) after v(\
 # --- what may be released -------------------------------------------------------------------
 
 
-def _check_releasable(ws: Workspace) -> dict[str, Any]:
-    """The workspace card, once the tree, gate, metrics, lock and model all agree."""
+def _check_releasable(ws: Workspace) -> tuple[dict[str, Any], list[str]]:
+    """The workspace card, once the tree, gate, metrics and model all agree, and what changed
+    since ``dvc.lock`` (new data landed, say): such a model is released only if it already is."""
     if ws.repo.is_dirty():
         raise ReleaseRefused(str(ws.root), "the working tree has uncommitted changes",
                              "commit (or stash) them, then release")
@@ -77,14 +78,16 @@ def _check_releasable(ws: Workspace) -> dict[str, Any]:
         raise ReleaseRefused(opts["out"], "the gate report, metrics and card disagree (stale gate)",
                              "run `dvc repro` and commit its outputs")
     _check_gated_bytes(ws, card, report, opts["out"])
-    changes = dvcrepo.pipeline_changes(ws.root)
-    if changes:
-        raise ReleaseRefused("dvc.lock", f"the pipeline is not up to date ({', '.join(sorted(changes))} changed)",
-                             "run `dvc repro` and commit its outputs")
+    changes = sorted(dvcrepo.pipeline_changes(ws.root))
     for rec in card["artefacts"].values():
         artefacts.verify(ws.repo.root / PurePosixPath(ws.card).parent / rec["file"], rec["sha256"], "the card's")
     _check_train_candidate(ws, card)
-    return card
+    return card, changes
+
+
+def _stale(changes: list[str]) -> ReleaseRefused:
+    return ReleaseRefused("dvc.lock", f"the pipeline is not up to date ({', '.join(changes)} changed)",
+                          "run `dvc repro` and commit its outputs")
 
 
 def _check_gated_bytes(ws: Workspace, card: dict[str, Any], report: dict[str, Any], gate_rel: str) -> None:
@@ -301,10 +304,21 @@ def _push_release(ws: Workspace, tag: str, git_remote: str, branch: str | None,
     _undo_local_release(ws, tag, renumber_commit)  # the remote said no: leave no local claim
     undone = renumber_commit is not None and ws.repo.head() != renumber_commit
     out = pushed.stdout + pushed.stderr
-    rejected_branch = any(line.startswith("!") and "refs/heads/" in line and "atomic" not in line
-                          for line in out.splitlines())
-    if rejected_branch and branch is not None:
-        what = "the renumber commit and its tag were undone" if undone else "the tag was deleted"
+    rejected = [line for line in out.splitlines()
+                if line.startswith("!") and "refs/heads/" in line and "atomic" not in line]
+    what = "the renumber commit and its tag were undone" if undone else "the tag was deleted"
+    if rejected and branch is not None and "[remote rejected]" in rejected[0]:
+        # Not a moved branch: the forge's own rule (a protected branch, a hook) said no.
+        reason = rejected[0].rsplit("[remote rejected]", 1)[1].strip(" ()") or "no reason given"
+        said = next((line.removeprefix("remote:").strip() for line in out.splitlines()
+                     if line.startswith("remote:") and "error" in line.lower()), "")
+        raise ReleaseRefused(f"{git_remote}/{branch}",
+                             f"the git remote refused the push to {branch} ({reason}"
+                             f"{': ' + said if said else ''}); {what}",
+                             (f"let the release identity push to {branch}, or renumber through a pull request "
+                              "(docs/setup.md, \"Protected main\")") if renumber_commit else
+                             f"merge the commit into {branch} first (a pull request), then release it there")
+    if rejected and branch is not None:
         raise ReleaseRefused(f"{git_remote}/{branch}", f"moved while releasing {tag}; {what}",
                              f"run `git pull --rebase {git_remote} {branch}`, then `shelf release "
                              f"{'--renumber ' if renumber_commit else ''}--push`")
@@ -631,20 +645,25 @@ def _release(ws: Workspace, notes: list[str], *, push: bool, git_remote: str, dv
              renumber: bool, skip_released: bool, sign: signing.KeySpec | None,
              policy: signing.TrustPolicy, tag_options: list[str] | None = None) -> Released:
     notes += _finish_renumber(ws, renumber)
-    card = _check_releasable(ws)
+    card, stale = _check_releasable(ws)
     published: set[str] | None = None
     if push:
         remote = remote_tags(ws, git_remote)
         notes += drop_clobbered(ws, remote, git_remote)
         fetch_tags(ws, git_remote)
         published = set(remote)
-    _rejudge(ws, git_remote if push else None)
     reg = open_registry(ws)
     head = ws.repo.head() or ""
     model_sha = card["artefacts"]["model"]["sha256"]
     same = _same_model(reg, model_sha, published)
     if same:  # the same bytes are never two versions: say which release holds them
+        if stale:  # new data landed (`dvc add`, commit) and the pipeline has not run on it yet
+            notes.append(f"the pipeline is not up to date ({', '.join(stale)} changed): the model here is "
+                         f"still {same[-1].tag}'s; run `dvc repro` on a branch to release one from the change")
         return Released(same[-1].tag, same[-1].version, same[-1].commit, False, already=True, notes=tuple(notes))
+    if stale:
+        raise _stale(stale)
+    _rejudge(ws, git_remote if push else None)
     version = SemVer.parse(card["version"])
     here = next((r for r in reg.releases if r.version == version and r.commit == head), None)
     renumbered_here = _renumber_commit_of(ws, version)
@@ -675,7 +694,7 @@ def _release(ws: Workspace, notes: list[str], *, push: bool, git_remote: str, dv
     tag = tags.release_tag(ws.name, version)
     try:
         if renumber_commit is not None:
-            card = _check_releasable(ws)  # the renumber changed the card and lock only: judged above
+            card, _ = _check_releasable(ws)  # the renumber changed the card and lock only: judged above
         branch = _branch_to_push(ws, git_remote, will_commit=False) if push else None
         _publish_objects(ws, card, dvc_remote)
         message = _tag_message(ws, version, card)
