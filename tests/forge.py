@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ args = args[1:]
 method, jq_expr, fields, path = "GET", None, {}, None
 while args:
     a = args.pop(0)
-    if a == "--method":
+    if a in ("--method", "-X"):
         method = args.pop(0)
     elif a == "--jq":
         jq_expr = args.pop(0)
@@ -51,19 +52,32 @@ while args:
     elif a == "-F":
         k, v = args.pop(0).split("=", 1)
         fields[k] = open(v[1:], encoding="utf-8").read() if v.startswith("@") else v
+    elif a == "-f":
+        k, v = args.pop(0).split("=", 1)
+        fields[k] = v
     else:
         path = a
 if state.get("deny") == "all" or (state.get("deny") == "write" and method != "GET"):
     print("gh: Resource not accessible by integration (HTTP 403)", file=sys.stderr)
     sys.exit(1)
 parts = path.split("/")
-if method == "GET" and parts[-1] == "comments":
-    out = state["comments"]
+
+
+def answer(out):
     if jq_expr:
         for v in jq.compile(jq_expr).input_value(out).all():
             print(v)
     else:
         print(json.dumps(out))
+
+
+if method == "GET" and parts[-1] == "comments":
+    answer(state["comments"])
+elif method == "GET" and parts[-1] == "logs" and parts[-3] == "runs":
+    sys.stdout.buffer.write(open(state["logs"][parts[-2]], "rb").read())
+elif method == "GET" and parts[-1] == "pulls":
+    answer([pr for pr in state.get("pulls", []) if pr["state"] == fields.get("state", "open")
+            and ("head" not in fields or pr["head"]["label"] == fields["head"])])
 elif method == "POST" and parts[-1] == "comments":
     new = {"id": 1000 + len(state["comments"]), "user": {"login": "github-actions[bot]"},
            "body": fields["body"]}
@@ -90,6 +104,7 @@ class Step:
     code: int | None = None
     stdout: str = ""
     stderr: str = ""
+    script: str = ""
 
 
 @dataclass
@@ -113,6 +128,7 @@ class Forge:
     def __init__(self, directory: Path, comments: list[dict[str, Any]] | None = None,
                  deny: str | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
         self.state = directory / "gh-state.json"
         self.calls_file = directory / "gh-calls.jsonl"
         self.bin = directory / "bin"
@@ -120,8 +136,31 @@ class Forge:
         gh = self.bin / "gh"
         gh.write_text(GH_STUB.replace("PYTHON", sys.executable, 1))
         gh.chmod(0o755)
-        self.state.write_text(json.dumps({"comments": comments or [], "deny": deny}))
+        self.state.write_text(json.dumps({"comments": comments or [], "deny": deny, "logs": {}, "pulls": []}))
         self.calls_file.write_text("")
+
+    def update(self, **values: Any) -> None:
+        """Change the stub's state: ``deny``, ``pulls`` (GitHub's pull request objects)..."""
+        self.state.write_text(json.dumps({**json.loads(self.state.read_text()), **values}))
+
+    def keep_logs(self, run_id: str, job_name: str, job: JobRun) -> None:
+        """Keep ``job``'s log as run ``run_id``'s log archive, in GitHub's layout: one file per
+        step and one for the whole job, every line stamped, each step's script echoed first."""
+        archive = self.directory / f"logs-{run_id}.zip"
+        stamp = "2026-12-03T12:00:00.0000000Z "
+        whole: list[str] = []
+        with zipfile.ZipFile(archive, "w") as z:
+            for i, step in enumerate(job.steps, start=1):
+                if not step.ran:
+                    continue
+                lines = [f"##[group]Run {step.script.splitlines()[0] if step.script else step.name}",
+                         *step.script.splitlines(), "##[endgroup]", *(step.stdout + step.stderr).splitlines()]
+                text = "".join(stamp + line + "\n" for line in lines)
+                z.writestr(f"{job_name}/{i}_{step.name}.txt", text)
+                whole.append(text)
+            z.writestr(f"0_{job_name}.txt", "".join(whole))
+        logs = json.loads(self.state.read_text())["logs"]
+        self.update(logs={**logs, run_id: str(archive)})
 
     @property
     def comments(self) -> list[dict[str, Any]]:
@@ -182,6 +221,9 @@ def run_job(workflow: str, job: str, checkout: Path, forge: Forge, context: dict
     if context["github"].get("base_ref"):
         base_env["GITHUB_BASE_REF"] = context["github"]["base_ref"]
     result = JobRun()
+    cond = str(flow["jobs"][job].get("if", "success()"))
+    if not evaluate(cond[3:-2] if cond.startswith("${{") else cond, context, False):
+        return result  # the job is skipped: no steps
     for i, step in enumerate(flow["jobs"][job]["steps"]):
         name = step.get("name", f"step {i}")
         cond = step.get("if", "success()")
@@ -209,7 +251,7 @@ def run_job(workflow: str, job: str, checkout: Path, forge: Forge, context: dict
         values = dict(line.split("=", 1) for line in outputs.read_text().splitlines() if "=" in line)
         context["steps"][step.get("id", f"_{i}")] = {
             "outcome": "success" if proc.returncode == 0 else "failure", "outputs": values}
-        result.steps.append(Step(name, True, proc.returncode, proc.stdout, proc.stderr))
+        result.steps.append(Step(name, True, proc.returncode, proc.stdout, proc.stderr, script))
     return result
 
 

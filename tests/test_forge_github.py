@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import Project, customers, run
-from forge import Forge, JobRun, pr_checkout, push_checkout, run_job
+from forge import Forge, JobRun, Step, pr_checkout, push_checkout, run_job
 from modelshelf.report import MARKER
 
 NUMBER = 7
@@ -114,13 +114,77 @@ def test_a_read_only_token_leaves_a_notice_and_the_checks_verdict(built: Project
     job = report_job(checkout, forge)
     assert not job.failed, job.log()
     post = job.step("Post or update the sticky comment")
-    assert "::notice::cannot write the comment" in post.stdout
+    assert "::notice::cannot write the comment" in post.stdout and "modelshelf-deferred-report " in post.stdout
     assert forge.comments == []
     summary = (checkout.parent / "work-runner" / "summary.md").read_text()
     assert summary.startswith(MARKER)
 
 
-@pytest.mark.parametrize("workflow", ["model-report.yml", "release.yml", "drift.yml"])
+def workflow_run(head_sha: str, owner: str = "someone") -> dict[str, Any]:
+    """The context of model-report-comment.yml after run 42 of pull request NUMBER from a fork."""
+    return {"github": {"token": "ghs_stub_write", "repository": "acme/models",
+                       "event": {"workflow_run": {"id": 42, "event": "pull_request", "head_sha": head_sha,
+                                                  "head_branch": "feature",
+                                                  "head_repository": {"owner": {"login": owner}}}}},
+            "secrets": {}}
+
+
+def test_a_fork_pr_gets_its_comment_from_the_second_workflow(built: Project, tmp_path: Path) -> None:
+    """The fork's run cannot write: it defers the report into its log. The workflow_run job,
+    which has no checkout at all, posts it on the open pull request whose head is the run's."""
+    checkout = open_pr(built, tmp_path)
+    head = built.git("rev-parse", "feature").stdout.strip()
+    forge = Forge(tmp_path / "forge", deny="write")
+    report = report_job(checkout, forge)
+    assert not report.failed and forge.comments == [], report.log()
+    forge.keep_logs("42", "report", report)
+    forge.update(deny=None, pulls=[{"number": NUMBER, "state": "open",
+                                    "head": {"sha": head, "label": "someone:feature"}}])
+    empty = tmp_path / "no-checkout" / "work"
+    empty.mkdir(parents=True)
+    job = run_job("model-report-comment.yml", "comment", empty, forge, workflow_run(head))
+    assert not job.failed, job.log()
+    [comment] = ours(forge)
+    summary = (checkout.parent / "work-runner" / "summary.md").read_text()
+    assert comment["body"] == summary and "passes the gate" in comment["body"], comment["body"]
+    assert sorted(p.name for p in empty.iterdir()) == ["logs.zip", "report.md"]  # nothing of the fork's ran
+    again = run_job("model-report-comment.yml", "comment", empty, forge, workflow_run(head))
+    assert not again.failed and len(forge.comments) == 1, again.log()  # a re-run updates it
+
+    # A pull request pushed again since (another head), or one with another owner: not posted.
+    for stale in (workflow_run("0" * 40), workflow_run(head, owner="mallory")):
+        quiet = Forge(tmp_path / f"forge-{len(list(tmp_path.iterdir()))}")
+        quiet.keep_logs("42", "report", report)
+        quiet.update(pulls=[{"number": NUMBER, "state": "open", "head": {"sha": head, "label": "someone:feature"}}])
+        job = run_job("model-report-comment.yml", "comment", empty, quiet, stale)
+        assert not job.failed and quiet.comments == [], job.log()
+        assert "nothing posted" in job.steps[0].stdout
+
+
+def test_a_deferred_report_is_data_checked_before_it_is_posted(built: Project, tmp_path: Path) -> None:
+    """The fork controls its run's log: a line that is not base64 of a report starting with
+    the marker is refused, and a job of a push (not a pull request) does not run at all."""
+    import base64
+
+    head = "a" * 40
+    for body, why in ((b"@everyone free models", "does not start with the marker"),
+                      (b"\xff\xfe", "not base64 of UTF-8")):
+        forge = Forge(tmp_path / f"forge-{why[:8]}")
+        fake = JobRun([Step("Post or update the sticky comment", True, 0,
+                            f"modelshelf-deferred-report {base64.b64encode(body).decode()}\n")])
+        forge.keep_logs("42", "report", fake)
+        forge.update(pulls=[{"number": NUMBER, "state": "open", "head": {"sha": head, "label": "someone:feature"}}])
+        work = tmp_path / f"w-{why[:8]}" / "work"
+        work.mkdir(parents=True)
+        job = run_job("model-report-comment.yml", "comment", work, forge, workflow_run(head))
+        assert job.failed and why in job.steps[0].stderr, job.log()
+        assert forge.comments == []
+    push = workflow_run(head)
+    push["github"]["event"]["workflow_run"]["event"] = "push"
+    assert run_job("model-report-comment.yml", "comment", work, Forge(tmp_path / "f-push"), push).steps == []
+
+
+@pytest.mark.parametrize("workflow", ["model-report.yml", "model-report-comment.yml", "release.yml", "drift.yml"])
 def test_the_simulator_reads_every_step(workflow: str) -> None:
     """Every step is one the simulator can run: a ``run:`` script or a known action."""
     flow = yaml.safe_load((Path(__file__).resolve().parents[1] / ".github/workflows" / workflow).read_text())
