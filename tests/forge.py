@@ -78,6 +78,18 @@ elif method == "GET" and parts[-1] == "logs" and parts[-3] == "runs":
 elif method == "GET" and parts[-1] == "pulls":
     answer([pr for pr in state.get("pulls", []) if pr["state"] == fields.get("state", "open")
             and ("head" not in fields or pr["head"]["label"] == fields["head"])])
+elif method == "POST" and parts[-1] == "pulls":
+    pulls = state.setdefault("pulls", [])
+    pulls.append({"number": 100 + len(pulls), "state": "open", "title": fields["title"], "body": fields["body"],
+                  "base": {"ref": fields["base"]}, "head": {"ref": fields["head"], "label": f"{parts[1]}:{fields['head']}"}})
+elif method == "PATCH" and parts[-2] == "pulls":
+    for pr in state.get("pulls", []):
+        if pr["number"] == int(parts[-1]):
+            pr.update({k: v for k, v in fields.items() if k in ("body", "title", "state")})
+            break
+    else:
+        print("gh: Not Found (HTTP 404)", file=sys.stderr)
+        sys.exit(1)
 elif method == "POST" and parts[-1] == "comments":
     new = {"id": 1000 + len(state["comments"]), "user": {"login": "github-actions[bot]"},
            "body": fields["body"]}
@@ -165,6 +177,10 @@ class Forge:
     @property
     def comments(self) -> list[dict[str, Any]]:
         return json.loads(self.state.read_text())["comments"]
+
+    @property
+    def pulls(self) -> list[dict[str, Any]]:
+        return json.loads(self.state.read_text())["pulls"]
 
     @property
     def calls(self) -> list[list[str]]:

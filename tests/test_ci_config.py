@@ -45,8 +45,9 @@ def test_gitlab_ci_matches_its_schema() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_zizmor_finds_nothing_offline() -> None:
-    proc = _run(str(BIN / "zizmor"), "--offline", "--persona", "pedantic", ".github/workflows/")
+@pytest.mark.parametrize("persona", ["pedantic", "auditor"])
+def test_zizmor_finds_nothing_offline(persona: str) -> None:
+    proc = _run(str(BIN / "zizmor"), "--offline", "--persona", persona, ".github/workflows/")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "No findings" in proc.stdout + proc.stderr
 

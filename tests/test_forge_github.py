@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import Project, customers, run
+from conftest import Project, add_remotes, customers, run
 from forge import Forge, JobRun, Step, pr_checkout, push_checkout, run_job
 from modelshelf.report import MARKER
 
@@ -225,7 +225,7 @@ def test_a_drift_error_is_a_red_job_not_no_drift(released: Project, tmp_path: Pa
     check = job.step("Drift check against prod")
     assert check.code == 0, job.log()
     assert job.step("An error is not \"no drift\"").code == 1, job.log()
-    assert job.step("Retrain on a branch and open a pull request").ran is False
+    assert job.step("Retrain on the drift branch and open or update its pull request").ran is False
     assert forge.calls == []
 
 
@@ -290,3 +290,49 @@ def test_a_protected_main_refusing_the_renumber_says_so(released: Project, tmp_p
     assert "git pull --rebase" not in line and "moved" not in line
     assert "renumber commit and its tag were undone" in line and "docs/setup.md" in line, line
     assert run(["git", "tag", "-l"], origin).stdout.split() == ["model@v1.0.0", "model@v1.1.0"]
+
+
+def test_drift_found_twice_updates_one_branch_and_one_pull_request(new_project: Any, tmp_path: Path) -> None:
+    """Two weekly runs that both find drift: one branch, force-updated; one pull request,
+    updated; each commit holds only what the pipeline changed (no drift.md, report or body)."""
+    import pandas as pd
+
+    p: Project = new_project("driftproj")
+    p.commit("scaffold")
+    p.add_csv("customers.csv", customers(400, seed=1))
+    p.set_params(data={"target": "churn"}, gate={"tolerance": 0.05})
+    p.dvc("repro", "-q")
+    p.commit("first model")
+    add_remotes(p)
+    p.shelf("release", "--push")
+    p.shelf("promote", "v1.0.0", "--to", "prod")
+    # New data lands under the same data.source, as the README's cycle lands it: shifted in x0.
+    p.add_csv("customers.csv", pd.concat([customers(400, seed=1), customers(400, seed=2, shift=1.5)]))
+    p.commit("newest data")
+    p.dvc("push", "-q")
+    origin = Path(p.git("remote", "get-url", "origin").stdout.strip())
+    p.git("push", "-q", "--tags", "origin", "main")
+    forge = Forge(tmp_path / "forge")
+    tips = []
+    for run_id in ("42", "43"):
+        checkout = tmp_path / f"runner-{run_id}" / "work"
+        checkout.parent.mkdir()
+        push_checkout(origin, checkout)
+        job = run_job("drift.yml", "drift", checkout, forge,
+                      {"github": {"token": "ghs_stub", "repository": "acme/models", "run_id": run_id}, "secrets": {}})
+        assert job.step("Drift check against prod").ran, job.log()
+        retrain = job.step("Retrain on the drift branch and open or update its pull request")
+        assert retrain.code == 0, job.log()
+        tip = run(["git", "rev-parse", "refs/heads/modelshelf/drift-retrain"], origin).stdout.strip()
+        changed = run(["git", "show", "--name-only", "--format=", tip], origin).stdout.split()
+        assert "dvc.lock" in changed and not {"drift.md", "report.md", "body.md"} & set(changed), changed
+        assert run(["git", "rev-parse", f"{tip}~1"], origin).stdout.strip() == \
+            run(["git", "rev-parse", "refs/heads/main"], origin).stdout.strip()  # rebuilt on main
+        tips.append(tip)
+    branches = run(["git", "for-each-ref", "--format=%(refname)", "refs/heads/"], origin).stdout.split()
+    assert branches == ["refs/heads/main", "refs/heads/modelshelf/drift-retrain"]
+    [pr] = forge.pulls
+    assert pr["head"]["ref"] == "modelshelf/drift-retrain" and pr["base"]["ref"] == "main"
+    assert "x0" in pr["body"] and pr["body"].count("<!-- modelshelf-report -->") == 1, pr["body"]
+    assert "updated pull request #100" in retrain.stdout, job.log()
+    assert tips[0] != tips[1]
