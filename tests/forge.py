@@ -293,3 +293,144 @@ def push_checkout(origin: Path, dest: Path, branch: str = "main") -> None:
     subprocess.run([*git, "remote", "add", "origin", str(origin)], check=True)
     subprocess.run([*git, "fetch", "-q", "--tags", "origin", "+refs/heads/*:refs/remotes/origin/*"], check=True)
     subprocess.run([*git, "checkout", "-q", "-B", branch, f"refs/remotes/origin/{branch}"], check=True)
+
+
+# -- GitLab ---------------------------------------------------------------------------------------
+
+CURL_STUB = r'''#!PYTHON
+"""Stub `curl` for GitLab's API: state in $GL_STATE (JSON), every call appended to $GL_CALLS."""
+import json, os, sys
+from urllib.parse import parse_qs, urlsplit
+
+args, method, headers, data, url, dump, fmt = sys.argv[1:], "GET", {}, None, None, False, ""
+while args:
+    a = args.pop(0)
+    if a == "-X":
+        method = args.pop(0)
+    elif a == "-H":
+        h = args.pop(0)
+        lines = open(h[1:]).read().splitlines() if h.startswith("@") else [h]
+        headers.update(line.split(": ", 1) for line in lines if ": " in line)
+    elif a == "--data-binary":
+        d = args.pop(0)
+        data = json.load(open(d[1:], encoding="utf-8")) if d.startswith("@") else json.loads(d)
+    elif a == "-D":
+        dump = args.pop(0) == "-"
+    elif a == "-w":
+        fmt = args.pop(0)
+    elif a.startswith("-"):
+        pass
+    else:
+        url = a
+state = json.load(open(os.environ["GL_STATE"]))
+with open(os.environ["GL_CALLS"], "a") as log:
+    log.write(json.dumps({"method": method, "url": url, "data": data,
+                          "token": headers.get("PRIVATE-TOKEN")}) + "\n")
+parts = urlsplit(url)
+path, query = parts.path.split("/api/v4/", 1)[1].split("/"), {k: v[0] for k, v in parse_qs(parts.query).items()}
+status, body, extra = 200, None, {}
+user = state["users"].get(headers.get("PRIVATE-TOKEN") or "")
+
+
+def page(items):
+    size, n = state.get("page_size", 100), int(query.get("page", "1"))
+    if n * size < len(items):
+        extra["x-next-page"] = str(n + 1)
+    return items[(n - 1) * size:n * size]
+
+
+if user is None:
+    status, body = 401, {"message": "401 Unauthorized"}
+elif method != "GET" and user.get("read_only"):
+    status, body = 403, {"message": "403 Forbidden"}
+elif path == ["user"]:
+    body = {"id": user["id"], "username": user["username"]}
+elif path[-1] == "notes" and method == "GET":
+    body = page(state["notes"])
+elif path[-1] == "notes" and method == "POST":
+    body = {"id": 500 + len(state["notes"]), "author": {"id": user["id"], "username": user["username"]},
+            "body": data["body"]}
+    state["notes"].append(body)
+    status = 201
+elif path[-2] == "notes" and method == "PUT":
+    note = next(n for n in state["notes"] if n["id"] == int(path[-1]))
+    note["body"] = data["body"]
+    body = note
+elif path[-1] == "merge_requests" and method == "GET":
+    body = page([m for m in state["mrs"] if m["state"] == query.get("state", m["state"])
+                 and m["source_branch"] == query.get("source_branch", m["source_branch"])])
+elif path[-1] == "merge_requests" and method == "POST":
+    body = {**data, "iid": 1 + len(state["mrs"]), "state": "opened"}
+    state["mrs"].append(body)
+    status = 201
+elif path[-2] == "merge_requests" and method == "PUT":
+    mr = next(m for m in state["mrs"] if m["iid"] == int(path[-1]))
+    mr.update(data)
+    body = mr
+else:
+    status, body = 404, {"message": f"stub: {method} {url} is not simulated"}
+json.dump(state, open(os.environ["GL_STATE"], "w"))
+out = ""
+if dump:
+    out += f"HTTP/1.1 {status} X\r\n" + "".join(f"{k}: {v}\r\n" for k, v in extra.items()) + "\r\n"
+out += json.dumps(body)
+out += fmt.replace("%{http_code}", str(status)).replace("\\n", "\n")
+sys.stdout.write(out)
+'''
+
+NOTES_TOKEN, RELEASE_TOKEN = "glpat-notes", "glpat-release"
+
+
+class GitLab:
+    """The stub API's state (notes, merge requests, the users behind the two tokens) and calls."""
+
+    def __init__(self, directory: Path, notes: list[dict[str, Any]] | None = None, read_only: bool = False,
+                 page_size: int = 100) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.state, self.calls_file = directory / "gl-state.json", directory / "gl-calls.jsonl"
+        self.bin = directory / "bin"
+        self.bin.mkdir(exist_ok=True)
+        curl = self.bin / "curl"
+        curl.write_text(CURL_STUB.replace("PYTHON", sys.executable, 1))
+        curl.chmod(0o755)
+        users = {NOTES_TOKEN: {"id": 31, "username": "project_1_bot_notes", "read_only": read_only},
+                 RELEASE_TOKEN: {"id": 32, "username": "project_1_bot_release"}}
+        self.state.write_text(json.dumps({"notes": notes or [], "mrs": [], "users": users, "page_size": page_size}))
+        self.calls_file.write_text("")
+
+    @property
+    def notes(self) -> list[dict[str, Any]]:
+        return json.loads(self.state.read_text())["notes"]
+
+    @property
+    def mrs(self) -> list[dict[str, Any]]:
+        return json.loads(self.state.read_text())["mrs"]
+
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.calls_file.read_text().splitlines()]
+
+
+def run_gitlab_job(job: str, checkout: Path, gitlab: GitLab, variables: dict[str, str]) -> Step:
+    """Run ``job`` of ``.gitlab-ci.yml`` as a runner's bash would: before_script then script, in
+    one shell that stops at the first failing line. ``apt-get`` is skipped (the tools are here)
+    and ``make venv`` links the test's environment."""
+    ci = yaml.safe_load((ROOT / ".gitlab-ci.yml").read_text())
+    spec = ci[job]
+    lines = [*ci.get("default", {}).get("before_script", []), *spec["script"]]
+    script: list[str] = []
+    for line in lines:
+        if line.startswith("apt-get "):
+            continue
+        if line.strip() == "make venv":
+            line = f"[ -e .venv ] || ln -s {VENV} .venv"
+        script.append(line)
+    env = {**os.environ, **{k: str(v) for k, v in ci.get("variables", {}).items()}, **variables,
+           "GITLAB_CI": "true", "CI": "true", "CI_API_V4_URL": "https://gitlab.example/api/v4",
+           "CI_PROJECT_ID": "1", "CI_PROJECT_DIR": str(checkout), "CI_JOB_URL": "https://gitlab.example/acme/models/-/jobs/7",
+           "PATH": f"{gitlab.bin}{os.pathsep}{os.environ['PATH']}",
+           "GL_STATE": str(gitlab.state), "GL_CALLS": str(gitlab.calls_file)}
+    text = "\n".join(script)
+    proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", text], cwd=checkout, env=env,
+                          capture_output=True, text=True, check=False)
+    return Step(job, True, proc.returncode, proc.stdout, proc.stderr, text)

@@ -1,0 +1,1 @@
+"""Adapters for the forges' CI jobs (run as ``python -m modelshelf.ci.gitlab``)."""

@@ -1,0 +1,126 @@
+"""The .gitlab-ci.yml jobs' own scripts, run as a GitLab runner runs them (tests/forge.py).
+
+Merge request pipelines are detached at the merge request's head with `origin/*`; the API is
+a recording `curl` stub holding notes, merge requests and the users behind the two tokens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from conftest import Project, add_remotes, customers, run
+from forge import NOTES_TOKEN, RELEASE_TOKEN, GitLab, push_checkout, run_gitlab_job
+from modelshelf.report import MARKER
+from test_forge_github import NUMBER, open_pr
+
+PERSON = {"id": 1, "username": "alice"}
+
+
+def mr_variables(checkout: Path) -> dict[str, str]:
+    base = run(["git", "rev-parse", "refs/remotes/origin/main"], checkout).stdout.strip()
+    return {"CI_PIPELINE_SOURCE": "merge_request_event", "CI_MERGE_REQUEST_IID": str(NUMBER),
+            "CI_MERGE_REQUEST_TARGET_BRANCH_NAME": "main", "CI_MERGE_REQUEST_DIFF_BASE_SHA": base,
+            "MODELSHELF_NOTES_TOKEN": NOTES_TOKEN}
+
+
+def ours(gitlab: GitLab) -> list[dict[str, Any]]:
+    return [n for n in gitlab.notes if n["author"]["id"] == 31 and n["body"].startswith(MARKER)]
+
+
+def test_a_merge_request_keeps_one_note_found_past_the_first_page(built: Project, tmp_path: Path) -> None:
+    """Our note is on the third page, among a person's note quoting the marker: it is the one
+    updated, on every run; nothing else is touched and no second note appears."""
+    checkout = open_pr(built, tmp_path)
+    others = [{"id": i, "author": PERSON, "body": f"{MARKER} a person quoting it" if i == 2 else f"comment {i}"}
+              for i in range(1, 5)]
+    mine = {"id": 9, "author": {"id": 31, "username": "project_1_bot_notes"}, "body": f"{MARKER}\nold report"}
+    gitlab = GitLab(tmp_path / "gitlab", notes=[*others, mine], page_size=2)
+    for _ in range(2):
+        job = run_gitlab_job("model-report", checkout, gitlab, mr_variables(checkout))
+        assert job.code == 0, job.stdout + job.stderr
+    assert gitlab.notes[:4] == others and len(gitlab.notes) == 5
+    [note] = ours(gitlab)
+    assert note["id"] == 9 and "passes the gate" in note["body"], note["body"]
+    assert all(NOTES_TOKEN not in " ".join(map(str, c.values())) or c["token"] == NOTES_TOKEN
+               for c in gitlab.calls)
+    assert any("page=3" in c["url"] for c in gitlab.calls)
+
+
+def test_a_failing_gate_posts_its_note_and_fails_the_job(built: Project, tmp_path: Path) -> None:
+    checkout = open_pr(built, tmp_path, {"gate": {"thresholds": {"accuracy": 0.9999}}})
+    gitlab = GitLab(tmp_path / "gitlab")
+    job = run_gitlab_job("model-report", checkout, gitlab, mr_variables(checkout))
+    assert job.code != 0
+    [note] = ours(gitlab)
+    assert "fails the gate" in note["body"], note["body"]
+
+
+def test_a_reporter_token_that_cannot_write_leaves_a_notice_and_the_gates_verdict(built: Project,
+                                                                                   tmp_path: Path) -> None:
+    checkout = open_pr(built, tmp_path)
+    gitlab = GitLab(tmp_path / "gitlab", read_only=True)
+    job = run_gitlab_job("model-report", checkout, gitlab, mr_variables(checkout))
+    assert job.code == 0, job.stdout + job.stderr
+    assert "notice: cannot write the merge request note (HTTP 403" in job.stdout
+    assert gitlab.notes == []
+
+
+def branch_variables(origin: Path) -> dict[str, str]:
+    """A pipeline on main: the release token, and git's own insteadOf sending the job's
+    https://oauth2:TOKEN@host/project.git pushes to the bare origin."""
+    return {"CI_COMMIT_BRANCH": "main", "CI_DEFAULT_BRANCH": "main", "CI_SERVER_HOST": "gitlab.example",
+            "CI_PROJECT_PATH": "acme/models", "CI_PIPELINE_ID": "77", "MODELSHELF_RELEASE_TOKEN": RELEASE_TOKEN,
+            "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": f"url.{origin}.insteadOf",
+            "GIT_CONFIG_VALUE_0": f"https://oauth2:{RELEASE_TOKEN}@gitlab.example/acme/models.git"}
+
+
+def test_the_release_job_without_a_dvc_remote_is_a_green_no_op(built: Project, tmp_path: Path) -> None:
+    origin = tmp_path / "origin.git"
+    run(["git", "init", "-q", "--bare", str(origin)], tmp_path)
+    built.git("push", "-q", str(origin), "main")
+    checkout = tmp_path / "runner" / "work"
+    checkout.parent.mkdir()
+    push_checkout(origin, checkout)
+    variables = {**branch_variables(origin),
+                 "CI_COMMIT_SHA": run(["git", "rev-parse", "HEAD"], checkout).stdout.strip()}
+    job = run_gitlab_job("release", checkout, GitLab(tmp_path / "gitlab"), variables)
+    assert job.code == 0 and "no DVC remote is configured" in job.stdout, job.stdout + job.stderr
+    assert run(["git", "tag", "-l"], origin).stdout == ""
+
+
+def test_drift_found_twice_updates_one_branch_and_one_merge_request(new_project: Any, tmp_path: Path) -> None:
+    import pandas as pd
+
+    p: Project = new_project("driftproj")
+    p.commit("scaffold")
+    p.add_csv("customers.csv", customers(400, seed=1))
+    p.set_params(data={"target": "churn"}, gate={"tolerance": 0.05})
+    p.dvc("repro", "-q")
+    p.commit("first model")
+    add_remotes(p)
+    p.shelf("release", "--push")
+    p.shelf("promote", "v1.0.0", "--to", "prod")
+    p.add_csv("customers.csv", pd.concat([customers(400, seed=1), customers(400, seed=2, shift=1.5)]))
+    p.commit("newest data")
+    p.dvc("push", "-q")
+    origin = Path(p.git("remote", "get-url", "origin").stdout.strip())
+    p.git("push", "-q", "--tags", "origin", "main")
+    gitlab = GitLab(tmp_path / "gitlab")
+    for pipeline in ("77", "78"):
+        checkout = tmp_path / f"runner-{pipeline}" / "work"
+        checkout.parent.mkdir()
+        push_checkout(origin, checkout)
+        run(["git", "checkout", "-q", "--detach"], checkout)  # GitLab runs branch pipelines detached
+        job = run_gitlab_job("drift", checkout, gitlab, {**branch_variables(origin), "CI_PIPELINE_ID": pipeline})
+        assert job.code == 0, job.stdout + job.stderr
+        tip = run(["git", "rev-parse", "refs/heads/modelshelf/drift-retrain"], origin).stdout.strip()
+        changed = run(["git", "show", "--name-only", "--format=", tip], origin).stdout.split()
+        assert "dvc.lock" in changed and not {"drift.md", "report.md", "body.md"} & set(changed), changed
+    branches = run(["git", "for-each-ref", "--format=%(refname)", "refs/heads/"], origin).stdout.split()
+    assert branches == ["refs/heads/main", "refs/heads/modelshelf/drift-retrain"]
+    [mr] = gitlab.mrs
+    assert mr["source_branch"] == "modelshelf/drift-retrain" and mr["target_branch"] == "main"
+    assert "x0" in mr["description"]
+    assert "updated merge request !1" in job.stdout, job.stdout
+    assert {c["token"] for c in gitlab.calls} == {RELEASE_TOKEN}
