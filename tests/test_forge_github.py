@@ -194,14 +194,42 @@ def test_the_simulator_reads_every_step(workflow: str) -> None:
     assert json.dumps(flow)  # plain data
 
 
-def test_a_push_to_main_without_a_dvc_remote_is_a_green_no_op(built: Project, tmp_path: Path) -> None:
-    """As shipped there is no DVC remote: the release job says so and stays green, no tag."""
+def drifted_origin(new_project: Any) -> Path:
+    """A CSV project whose v1.0.0 is in prod, then new data shifted in x0 landed on main (under
+    the same data.source, as the README's cycle lands it), pushed with its tags and DVC objects:
+    the bare origin."""
+    import pandas as pd
+
+    p: Project = new_project("driftproj")
+    p.commit("scaffold")
+    p.add_csv("customers.csv", customers(400, seed=1))
+    p.set_params(data={"target": "churn"}, gate={"tolerance": 0.05})
+    p.dvc("repro", "-q")
+    p.commit("first model")
+    add_remotes(p)
+    p.shelf("release", "--push")
+    p.shelf("promote", "v1.0.0", "--to", "prod")
+    p.add_csv("customers.csv", pd.concat([customers(400, seed=1), customers(400, seed=2, shift=1.5)]))
+    p.commit("newest data")
+    p.dvc("push", "-q")
+    p.git("push", "-q", "--tags", "origin", "main")
+    return Path(p.git("remote", "get-url", "origin").stdout.strip())
+
+
+def main_checkout(p: Project, tmp_path: Path) -> tuple[Path, Path]:
+    """``p``'s main pushed to a new bare origin, checked out as a push's checkout: (origin, checkout)."""
     origin = tmp_path / "origin.git"
     run(["git", "init", "-q", "--bare", str(origin)], tmp_path)
-    built.git("push", "-q", str(origin), "main")
+    p.git("push", "-q", str(origin), "main")
     checkout = tmp_path / "runner" / "work"
     checkout.parent.mkdir()
     push_checkout(origin, checkout)
+    return origin, checkout
+
+
+def test_a_push_to_main_without_a_dvc_remote_is_a_green_no_op(built: Project, tmp_path: Path) -> None:
+    """As shipped there is no DVC remote: the release job says so and stays green, no tag."""
+    origin, checkout = main_checkout(built, tmp_path)
     forge = Forge(tmp_path / "forge")
     job = run_job("release.yml", "release", checkout, forge,
                   {"github": {"token": "ghs_stub", "ref": "refs/heads/main"}, "secrets": {}})
@@ -295,23 +323,7 @@ def test_a_protected_main_refusing_the_renumber_says_so(released: Project, tmp_p
 def test_drift_found_twice_updates_one_branch_and_one_pull_request(new_project: Any, tmp_path: Path) -> None:
     """Two weekly runs that both find drift: one branch, force-updated; one pull request,
     updated; each commit holds only what the pipeline changed (no drift.md, report or body)."""
-    import pandas as pd
-
-    p: Project = new_project("driftproj")
-    p.commit("scaffold")
-    p.add_csv("customers.csv", customers(400, seed=1))
-    p.set_params(data={"target": "churn"}, gate={"tolerance": 0.05})
-    p.dvc("repro", "-q")
-    p.commit("first model")
-    add_remotes(p)
-    p.shelf("release", "--push")
-    p.shelf("promote", "v1.0.0", "--to", "prod")
-    # New data lands under the same data.source, as the README's cycle lands it: shifted in x0.
-    p.add_csv("customers.csv", pd.concat([customers(400, seed=1), customers(400, seed=2, shift=1.5)]))
-    p.commit("newest data")
-    p.dvc("push", "-q")
-    origin = Path(p.git("remote", "get-url", "origin").stdout.strip())
-    p.git("push", "-q", "--tags", "origin", "main")
+    origin = drifted_origin(new_project)
     forge = Forge(tmp_path / "forge")
     tips = []
     for run_id in ("42", "43"):

@@ -85,11 +85,6 @@ def _check_releasable(ws: Workspace) -> tuple[dict[str, Any], list[str]]:
     return card, changes
 
 
-def _stale(changes: list[str]) -> ReleaseRefused:
-    return ReleaseRefused("dvc.lock", f"the pipeline is not up to date ({', '.join(changes)} changed)",
-                          "run `dvc repro` and commit its outputs")
-
-
 def _check_gated_bytes(ws: Workspace, card: dict[str, Any], report: dict[str, Any], gate_rel: str) -> None:
     """The card's model is the candidate the gate judged, as the report and the card record it."""
     model_sha = card["artefacts"]["model"]["sha256"]
@@ -662,7 +657,8 @@ def _release(ws: Workspace, notes: list[str], *, push: bool, git_remote: str, dv
                          f"still {same[-1].tag}'s; run `dvc repro` on a branch to release one from the change")
         return Released(same[-1].tag, same[-1].version, same[-1].commit, False, already=True, notes=tuple(notes))
     if stale:
-        raise _stale(stale)
+        raise ReleaseRefused("dvc.lock", f"the pipeline is not up to date ({', '.join(stale)} changed)",
+                             "run `dvc repro` and commit its outputs")
     _rejudge(ws, git_remote if push else None)
     version = SemVer.parse(card["version"])
     here = next((r for r in reg.releases if r.version == version and r.commit == head), None)
