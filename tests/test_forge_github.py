@@ -257,25 +257,36 @@ def test_a_drift_error_is_a_red_job_not_no_drift(released: Project, tmp_path: Pa
     assert forge.calls == []
 
 
-def release_job(p: Project, tmp_path: Path) -> tuple[JobRun, Path]:
-    """Push ``p``'s main and tags to a bare origin as the forge holds them; run the release
-    job on the push's checkout (``p``'s DVC remote is a local directory)."""
+def pushed_checkout(p: Project, tmp_path: Path) -> tuple[Path, Path]:
+    """Push ``p``'s main and tags to its bare origin as the forge holds them, and check main
+    out as a push's checkout (``p``'s DVC remote is a local directory): (origin, checkout)."""
     origin = Path(p.git("remote", "get-url", "origin").stdout.strip())
     p.git("push", "-q", "--tags", "origin", "main")
     checkout = tmp_path / "runner" / "work"
-    checkout.parent.mkdir(exist_ok=True)
+    checkout.parent.mkdir(parents=True, exist_ok=True)
     push_checkout(origin, checkout)
+    return origin, checkout
+
+
+def release_job(p: Project, tmp_path: Path) -> tuple[JobRun, Path]:
+    """The release job on ``p``'s main as pushed (pushed_checkout): (job, origin)."""
+    origin, checkout = pushed_checkout(p, tmp_path)
     job = run_job("release.yml", "release", checkout, Forge(tmp_path / "forge"),
                   {"github": {"token": "ghs_stub", "ref": "refs/heads/main"}, "secrets": {}})
     return job, origin
 
 
+def land_new_data(p: Project) -> None:
+    """New data landed on main as the README's cycle lands it (`dvc add`, commit), no repro."""
+    p.add_csv("customers.csv", customers(300, seed=3))
+    p.commit("new data")
+    p.dvc("push", "-q")
+
+
 def test_new_data_landed_on_main_is_a_green_no_op_naming_the_release(released: Project, tmp_path: Path) -> None:
     """The README's cycle lands data first (`dvc add`, commit): main's model is still the
     released one, so the release job says so and stays green; it neither refuses nor tags."""
-    released.add_csv("customers.csv", customers(300, seed=3))
-    released.commit("new data")
-    released.dvc("push", "-q")
+    land_new_data(released)
     job, origin = release_job(released, tmp_path)
     assert not job.failed, job.log()
     out = job.step("Release").stdout
@@ -295,6 +306,17 @@ def test_a_protected_main_refusing_the_renumber_says_so(released: Project, tmp_p
     """Another release took the card's version, so the job renumbers: a commit on main. A
     protected main refuses that push; the job's one line says it was the protection (not "the
     branch moved"), undoes the commit and tag, and names the two ways out."""
+    protect_main_with_a_renumber_pending(released)
+    job, origin = release_job(released, tmp_path)
+    step = job.step("Release")
+    assert step.code == 7, job.log()
+    assert_refused_renumber(step.stderr, origin)
+
+
+def protect_main_with_a_renumber_pending(released: Project) -> None:
+    """A retrained model on main whose card says v1.1.0, while another release took
+    model@v1.1.0 (so the release must renumber, a commit on main), all pushed to an origin
+    whose pre-receive hook then refuses every update of main, as a protected branch does."""
     first = released.git("rev-parse", "HEAD").stdout.strip()
     hyper = released.params()["train"]["hyperparams"]
     hyper["n_estimators"] = 120
@@ -310,10 +332,10 @@ def test_a_protected_main_refusing_the_renumber_says_so(released: Project, tmp_p
                     "    echo 'error: GH006: Protected branch update failed for refs/heads/main.' >&2; exit 1\n"
                     "  fi\ndone\n")
     hook.chmod(0o755)
-    job, _ = release_job(released, tmp_path)
-    step = job.step("Release")
-    assert step.code == 7, job.log()
-    [line] = [ln for ln in step.stderr.splitlines() if ln.startswith("shelf: error")]
+
+
+def assert_refused_renumber(stderr: str, origin: Path) -> None:
+    [line] = [ln for ln in stderr.splitlines() if ln.startswith("shelf: error")]
     assert "refused the push to main" in line and "GH006: Protected branch update failed" in line, line
     assert "git pull --rebase" not in line and "moved" not in line
     assert "renumber commit and its tag were undone" in line and "docs/setup.md" in line, line

@@ -9,10 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
+
 from conftest import Project, run
-from forge import NOTES_TOKEN, RELEASE_TOKEN, GitLab, push_checkout, run_gitlab_job
+from forge import NOTES_TOKEN, RELEASE_TOKEN, GitLab, Step, push_checkout, run_gitlab_job
 from modelshelf.report import MARKER
-from test_forge_github import NUMBER, drifted_origin, main_checkout, open_pr
+from test_forge_github import (NUMBER, assert_refused_renumber, drifted_origin, land_new_data, main_checkout,
+                               open_pr, protect_main_with_a_renumber_pending, pushed_checkout)
 
 PERSON = {"id": 1, "username": "alice"}
 
@@ -55,6 +59,18 @@ def test_a_failing_gate_posts_its_note_and_fails_the_job(built: Project, tmp_pat
     assert "fails the gate" in note["body"], note["body"]
 
 
+def test_an_error_posts_an_error_line_naming_the_job(built: Project, tmp_path: Path) -> None:
+    params = yaml.safe_load((built.root / "params.yaml").read_text())
+    params["train"]["estimatr"] = params["train"].pop("estimator")
+    checkout = open_pr(built, tmp_path, raw=yaml.safe_dump(params, sort_keys=False))
+    gitlab = GitLab(tmp_path / "gitlab")
+    job = run_gitlab_job("model-report", checkout, gitlab, mr_variables(checkout))
+    assert job.code != 0
+    [note] = ours(gitlab)
+    assert "no report (error)" in note["body"] and "exited" in note["body"], note["body"]
+    assert "estimatr" in note["body"] and "https://gitlab.example/acme/models/-/jobs/7" in note["body"], note["body"]
+
+
 def test_a_reporter_token_that_cannot_write_leaves_a_notice_and_the_gates_verdict(built: Project,
                                                                                    tmp_path: Path) -> None:
     checkout = open_pr(built, tmp_path)
@@ -81,6 +97,41 @@ def test_the_release_job_without_a_dvc_remote_is_a_green_no_op(built: Project, t
     job = run_gitlab_job("release", checkout, GitLab(tmp_path / "gitlab"), variables)
     assert job.code == 0 and "no DVC remote is configured" in job.stdout, job.stdout + job.stderr
     assert run(["git", "tag", "-l"], origin).stdout == ""
+
+
+def release_job(p: Project, tmp_path: Path) -> tuple[Step, Path]:
+    """The release job on ``p``'s main as pushed, GitLab's way: (job, origin)."""
+    origin, checkout = pushed_checkout(p, tmp_path)
+    run(["git", "checkout", "-q", "--detach"], checkout)  # GitLab runs branch pipelines detached
+    variables = {**branch_variables(origin),
+                 "CI_COMMIT_SHA": run(["git", "rev-parse", "HEAD"], checkout).stdout.strip()}
+    return run_gitlab_job("release", checkout, GitLab(tmp_path / "gitlab"), variables), origin
+
+
+def test_a_new_model_on_main_is_released_and_tagged_on_the_origin(remote_project: Project, tmp_path: Path) -> None:
+    remote_project.dvc("push", "-q")  # as the merge request's author pushed it
+    job, origin = release_job(remote_project, tmp_path)
+    assert job.code == 0, job.stdout + job.stderr
+    assert run(["git", "tag", "-l"], origin).stdout.split() == ["model@v1.0.0"]
+    again, _ = release_job(remote_project, tmp_path / "again")  # the next pipeline on main
+    assert again.code == 0 and "already released as model@v1.0.0" in again.stdout, again.stdout + again.stderr
+
+
+@pytest.mark.slow  # the same `shelf release` as the GitHub scenario; CI runs it
+def test_new_data_landed_on_main_is_a_green_no_op(released: Project, tmp_path: Path) -> None:
+    land_new_data(released)
+    job, origin = release_job(released, tmp_path)
+    assert job.code == 0, job.stdout + job.stderr
+    assert "already released as model@v1.0.0" in job.stdout and "the pipeline is not up to date" in job.stdout
+    assert run(["git", "tag", "-l"], origin).stdout.split() == ["model@v1.0.0"]
+
+
+@pytest.mark.slow  # the same `shelf release` as the GitHub scenario; CI runs it
+def test_a_protected_main_refusing_the_renumber_says_so(released: Project, tmp_path: Path) -> None:
+    protect_main_with_a_renumber_pending(released)
+    job, origin = release_job(released, tmp_path)
+    assert job.code == 7, job.stdout + job.stderr
+    assert_refused_renumber(job.stderr, origin)
 
 
 def test_drift_found_twice_updates_one_branch_and_one_merge_request(new_project: Any, tmp_path: Path) -> None:
