@@ -37,7 +37,7 @@ environment):
     the CSV, interpreter start-up and ``import pandas`` included (the floor).
 (b) ``shelf drift PATH --json``: the whole check against the workspace model's
     training profile, prediction drift included (the model scores a seeded sample
-    of at most 100,000 rows, ``modelshelf.drift.PREDICTION_SAMPLE``).
+    of at most 100,000 rows, ``modelshelf.drift.core.PREDICTION_SAMPLE``).
 (c) ``shelf drift PATH --json --no-predictions``: the same without prediction
     drift; b − c is what sampling and scoring the rows costs.
 
@@ -70,7 +70,7 @@ from typing import Any
 from _common import (BenchError, Sample, bench_env, check, loadavg, nproc, positive, run, scaffold, set_param, show,
                      tools_missing, version_of)
 
-from modelshelf.drift import PREDICTION_SAMPLE
+from modelshelf.drift.core import PREDICTION_SAMPLE
 
 GOAL = 3.0               # shelf drift at most this many times pandas alone reading the CSV
 N_FEATURES = 30

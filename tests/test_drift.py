@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modelshelf import profile as P
+from modelshelf.drift import profile as P
 from modelshelf.params import DriftParams
 
 from conftest import Project

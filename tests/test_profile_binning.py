@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modelshelf import profile as P
+from modelshelf.drift import profile as P
 
 
 def reference(x: np.ndarray, q: np.ndarray) -> np.ndarray:

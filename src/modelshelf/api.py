@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pathlib too: the serving path, which imports this module, does without it
     from pathlib import Path
 
-    from modelshelf.drift import check as drift
+    from modelshelf.drift.core import check as drift
     from modelshelf.errors import (ConfigError, DataError, DriftDetected, GateFailed, GitError, IntegrityError,
                                    ReleaseRefused, RemoteError, SchemaBreak, ShelfError, VersionMismatchError)
     from modelshelf.model import load, locate, verify
@@ -78,7 +78,7 @@ _EXPORTS: dict[str, str] = {
     "locate": "modelshelf.model:locate",
     "predict": "modelshelf.serve.batch:predict_csv",
     # drift
-    "drift": "modelshelf.drift:check",
+    "drift": "modelshelf.drift.core:check",
     # the exception tree (one exit code per class)
     **{name: f"modelshelf.errors:{name}" for name in (
         "ShelfError", "ConfigError", "DataError", "GateFailed", "IntegrityError", "VersionMismatchError",

@@ -115,6 +115,7 @@ class DriftParams:
     psi_warn: float = 0.1
     psi_alert: float = 0.25
     p_value: float = 0.01
+    missing_rate: float = 0.1       # the largest tolerated absolute change in a feature's share of missing values
 
 
 @dataclass(frozen=True)
@@ -341,6 +342,8 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
         psi_warn=float(r.number(dr_raw.get("psi_warn", dd.psi_warn), "drift.psi_warn", low=0)),
         psi_alert=float(r.number(dr_raw.get("psi_alert", dd.psi_alert), "drift.psi_alert", low=0)),
         p_value=float(r.number(dr_raw.get("p_value", dd.p_value), "drift.p_value", low=0, high=1)),
+        missing_rate=float(r.number(dr_raw.get("missing_rate", dd.missing_rate), "drift.missing_rate",
+                                    low=0, high=1)),
     )
     if drift.psi_alert < drift.psi_warn:
         raise r.fail("drift.psi_alert", f"{drift.psi_alert} is below drift.psi_warn {drift.psi_warn}",

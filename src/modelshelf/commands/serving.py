@@ -82,9 +82,9 @@ def cmd_drift(a: argparse.Namespace) -> int:
         a.data = root / source
     rep = api.drift(".", a.data, a.model, predictions=not a.no_predictions)
     if a.plot is not None:
-        from modelshelf.pipeline import plots
+        from modelshelf.drift import charts
 
-        written = plots.drift(rep.result, a.plot, rep.reference.version)
+        written = charts.write(rep.result, a.plot, rep.reference.version)
         print(f"wrote {len(written)} charts to {a.plot}", file=sys.stderr)
     if a.json:
         print(json.dumps(rep.to_json(), indent=2))

@@ -176,7 +176,7 @@ class _Scratch:
         if train is not None:
             normal = data.normalise(train, target)
             normal.to_csv(prepared / "train.csv", index=False)
-            from modelshelf import profile as profiles
+            from modelshelf.drift import profile as profiles
 
             profile = self.dir / "profile.json"
             artefacts.write_json(profile, profiles.build(normal, schema, 0))

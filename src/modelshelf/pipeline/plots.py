@@ -15,7 +15,7 @@ from modelshelf import artefacts
 from modelshelf.errors import ConfigError
 
 if TYPE_CHECKING:
-    from modelshelf.profile import DriftResult
+    from modelshelf.drift.profile import DriftResult
     from modelshelf.registry.core import Release
 
 

@@ -63,7 +63,7 @@ def prepare(params_path: Path, raw: Path, out: Path, profile_path: Path | None =
     """Validate and split ``data.source``; write train/test CSVs, schema, dataset info and the
     training split's reference profile (for drift checks)."""
     from modelshelf.pipeline import data
-    from modelshelf import profile as profiles
+    from modelshelf.drift import profile as profiles
 
     params = load_params(params_path).data
     root = params_path.resolve().parent
@@ -370,7 +370,7 @@ def _export_onnx(params: Any, prepared: Path, candidate: Path, schema: dict[str,
 
 def _profile_record(repo: GitRepo, profile_path: Path | None, predictions: Any, task: str) -> dict[str, Any]:
     """Where the training profile is (and its sha256), and the held-out predictions' profile."""
-    from modelshelf import profile as profiles
+    from modelshelf.drift import profile as profiles
 
     record: dict[str, Any] = {"predictions": profiles.prediction_profile(predictions, task)}
     if profile_path is not None and profile_path.is_file():

@@ -49,7 +49,7 @@ PRELOAD = (
     "skl2onnx", "sklearn.datasets", "scipy.io", "pandas.io.formats.csvs", "narwhals._pandas_like.dataframe",
     "narwhals._pandas_like.namespace", "narwhals._interchange.dataframe", "narwhals._duration", "_sha256",
     "urllib.request", "importlib.resources.readers", "modelshelf.tags", "modelshelf.cli", "modelshelf.commands.pipeline", "modelshelf.params", "modelshelf.card",
-    "modelshelf.artefacts", "modelshelf.model", "modelshelf.onnxcopy", "modelshelf.profile",
+    "modelshelf.artefacts", "modelshelf.model", "modelshelf.onnxcopy", "modelshelf.drift.profile",
     "modelshelf.project", "modelshelf.gitrepo", "modelshelf.dvcrepo", "modelshelf.pipeline.stages",
     "modelshelf.pipeline.data", "modelshelf.pipeline.train", "modelshelf.pipeline.evaluate",
     "modelshelf.pipeline.gate", "modelshelf.pipeline.baseline", "modelshelf.pipeline.metrics",

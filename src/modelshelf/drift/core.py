@@ -9,9 +9,9 @@ from typing import Any
 
 from modelshelf import artefacts
 from modelshelf.card import CARD_FILE, read_card
+from modelshelf.drift.profile import DriftResult, FeatureDrift, compare
 from modelshelf.errors import DataError, IntegrityError
 from modelshelf.params import DriftParams
-from modelshelf.profile import DriftResult, compare
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,8 @@ class DriftReport:
         r = self.result
         row = lambda f: {"feature": f.name, "kind": f.kind, "psi": _finite(f.psi), "test": f.test,  # noqa: E731
                          "statistic": _finite(f.statistic), "p_value": _finite(f.p_value),
-                         "missing_ref": f.missing_ref, "missing_new": f.missing_new, "level": f.level}
+                         "missing_ref": f.missing_ref, "missing_new": f.missing_new,
+                         "missing_p_value": _finite(f.missing_p_value), "level": f.level, "reasons": list(f.reasons)}
         return {"verdict": r.verdict, "version": self.reference.version, "data": self.source, "rows": r.rows,
                 "schema_problems": list(r.schema_problems), "drifted": r.drifted(),
                 "thresholds": vars(r.thresholds), "features": [row(f) for f in r.features],
@@ -54,8 +55,9 @@ class DriftReport:
         for f in rows:
             lines.append(f"| {f.name} | {f.kind} | {f.psi:.3f} | {f.test} | {f.statistic:.3g} | {f.p_value:.2g} "
                          f"| {f.missing_ref:.1%} → {f.missing_new:.1%} | {icon[f.level]} |")
-        if r.drifted():
-            lines += ["", "**Drifted:** " + ", ".join(r.drifted())]
+        drifted = [f for f in ([r.prediction] if r.prediction else []) + list(r.features) if f.level == "drift"]
+        if drifted:
+            lines += ["", "**Drifted:** " + ", ".join(_named(f) for f in drifted)]
         return "\n".join(lines) + "\n"
 
 
@@ -164,6 +166,10 @@ def _predict(start: str | Path, ref: Reference, frame: Any) -> Any:
     from modelshelf.pipeline.features import Batch
 
     return loaded.runner.predict(Batch.from_columns(columns, ref.card["input_schema"]))["predictions"]
+
+
+def _named(f: FeatureDrift) -> str:
+    return f"{f.name} ({'; '.join(f.reasons)})" if f.reasons else f.name
 
 
 def _finite(v: float) -> float | None:

@@ -2,14 +2,16 @@
 
 The profile (a small JSON file, git-tracked) holds per-feature quantiles, bin shares,
 category shares and missing rates, and the label distribution, so any release can be
-checked against new data without its training set.
+checked against new data without its training set.  A feature drifts by its PSI (confirmed
+by a KS or chi-square test) or by a change in its missing rate (confirmed by a two-proportion
+test).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from modelshelf.params import DriftParams
@@ -168,8 +170,10 @@ class FeatureDrift:
     missing_new: float
     level: str  # "ok", "warn", "drift"
     bins: tuple[str, ...] = ()          # what was compared: decile or category labels,
-    ref_shares: tuple[float, ...] = ()  # the training shares,
+    ref_shares: tuple[float, ...] = ()  # the training shares (of the values present),
     new_shares: tuple[float, ...] = ()  # and the new data's
+    missing_p_value: float = 1.0        # the two-proportion test of missing_new against missing_ref
+    reasons: tuple[str, ...] = ()       # why the level is warn or drift: "PSI 0.312", "missing 1.0% → 80.0%"
 
 
 @dataclass(frozen=True)
@@ -206,8 +210,11 @@ def _numeric_drift(name: str, ref: Mapping[str, Any], values: Any, th: DriftPara
     x, present = _present(values)
     missing_new = float(1 - present.size / max(x.size, 1))
     if present.size == 0 or "quantiles" not in ref:
-        return FeatureDrift(name, "numeric", math.inf if present.size == 0 else 0.0, "ks", 1.0, 0.0,
-                            ref.get("missing", 0.0), missing_new, "drift")
+        both_empty = present.size == 0 and "quantiles" not in ref
+        return _judged(FeatureDrift(name, "numeric", 0.0 if both_empty else math.inf if present.size == 0 else 0.0,
+                                    "ks", 0.0 if both_empty else 1.0, 1.0 if both_empty else 0.0,
+                                    ref.get("missing", 0.0), missing_new, "ok" if both_empty else "drift"),
+                       ref, x.size, th, n_tests)
     q = np.asarray(ref["quantiles"])
     counts = _percentile_counts(present, q)
     psi = _psi(ref["shares"], _decile_shares(counts))
@@ -218,12 +225,10 @@ def _numeric_drift(name: str, ref: Mapping[str, Any], values: Any, th: DriftPara
     n_ref = max(int(ref["rows"] * (1 - ref.get("missing", 0.0))), 1)
     n_eff = present.size * n_ref / (present.size + n_ref)
     p = _ks_pvalue(d, n_eff)
-    q = ref["quantiles"]
-    bins = tuple(f"≤{q[10]:.3g}" if i == 0 else f">{q[90]:.3g}" if i == 9 else f"{q[10 * i]:.3g}–{q[10 * i + 10]:.3g}"
-                 for i in range(10))
-    return FeatureDrift(name, "numeric", psi, "ks", d, p, ref.get("missing", 0.0), missing_new,
-                        _level(psi, p, th, n_tests), bins, tuple(ref["shares"]),
-                        tuple(float(v) for v in _decile_shares(counts)))
+    return _judged(FeatureDrift(name, "numeric", psi, "ks", d, p, ref.get("missing", 0.0), missing_new,
+                                _level(psi, p, th, n_tests), bin_labels(ref["quantiles"]), tuple(ref["shares"]),
+                                tuple(float(v) for v in _decile_shares(counts))),
+                   ref, x.size, th, n_tests)
 
 
 def _categorical_drift(name: str, ref: Mapping[str, Any], values: Any, th: DriftParams,
@@ -242,8 +247,10 @@ def _categorical_drift(name: str, ref: Mapping[str, Any], values: Any, th: Drift
     expected_share = np.array([ref["shares"].get(c, 0.0) for c in cats], dtype=float)
     n = observed.sum()
     if n == 0:
-        return FeatureDrift(name, "categorical", math.inf, "chi2", 0.0, 0.0,
-                            ref.get("missing", 0.0), missing_new, "drift")
+        both_empty = not known
+        return _judged(FeatureDrift(name, "categorical", 0.0 if both_empty else math.inf, "chi2", 0.0,
+                                    1.0 if both_empty else 0.0, ref.get("missing", 0.0), missing_new,
+                                    "ok" if both_empty else "drift"), ref, len(s), th, n_tests)
     psi = _psi(expected_share, observed / n)
     expected = np.clip(expected_share, EPS, None)
     expected = expected / expected.sum() * n
@@ -251,9 +258,10 @@ def _categorical_drift(name: str, ref: Mapping[str, Any], values: Any, th: Drift
 
     chi2 = float(np.sum((observed - expected) ** 2 / expected))
     p = float(chdtrc(max(len(cats) - 1, 1), chi2))
-    return FeatureDrift(name, "categorical", psi, "chi2", float(chi2), float(p), ref.get("missing", 0.0),
-                        missing_new, _level(psi, float(p), th, n_tests), tuple(cats),
-                        tuple(float(v) for v in expected_share), tuple(float(v) for v in observed / n))
+    return _judged(FeatureDrift(name, "categorical", psi, "chi2", float(chi2), float(p), ref.get("missing", 0.0),
+                                missing_new, _level(psi, float(p), th, n_tests), tuple(cats),
+                                tuple(float(v) for v in expected_share), tuple(float(v) for v in observed / n)),
+                   ref, len(s), th, n_tests)
 
 
 def _workers() -> int:
@@ -281,6 +289,89 @@ def _level(psi: float, p: float, th: DriftParams, n_tests: int) -> str:
     if psi >= th.psi_alert or (psi >= th.psi_warn and p < th.p_value / max(n_tests, 1)):
         return "drift"
     return "warn" if psi >= th.psi_warn else "ok"
+
+
+def _missing_p_value(ref_rate: float, ref_rows: int, new_rate: float, new_rows: int) -> float:
+    """Two-sided p-value of a missing rate ``new_rate`` in ``new_rows`` rows against ``ref_rate``
+    in ``ref_rows``: the two-proportion z-test, or Fisher's exact test when a cell of the 2×2
+    table expects fewer than 5 rows (small samples, rare missing values)."""
+    a, b = round(ref_rate * ref_rows), round(new_rate * new_rows)
+    if ref_rows <= 0 or new_rows <= 0 or a + b in (0, ref_rows + new_rows):
+        return 1.0  # no rows, or none (or all) missing on both sides: nothing to tell apart
+    pooled = (a + b) / (ref_rows + new_rows)
+    if min(pooled, 1 - pooled) * min(ref_rows, new_rows) < 5:
+        from scipy import stats
+
+        return float(stats.fisher_exact([[a, ref_rows - a], [b, new_rows - b]]).pvalue)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / ref_rows + 1 / new_rows))
+    return math.erfc(abs(b / new_rows - a / ref_rows) / se / math.sqrt(2))
+
+
+def _psi_reason(f: FeatureDrift, th: DriftParams) -> str:
+    if f.missing_new >= 1.0:
+        return "no values"
+    if f.missing_ref >= 1.0:
+        return "no values in training"
+    if f.level == "drift" and f.psi < th.psi_alert:
+        return f"PSI {f.psi:.3f}, {f.test} p={f.p_value:.2g}"
+    return f"PSI {f.psi:.3f}"
+
+
+def _judged(f: FeatureDrift, ref: Mapping[str, Any], rows: int, th: DriftParams, n_tests: int) -> FeatureDrift:
+    """``f`` with its missing rate judged: drift when it moved by more than ``drift.missing_rate``
+    and the test confirms it at ``drift.p_value`` (Bonferroni-corrected as the PSI tests are);
+    a move the sample is too small to confirm is a warning.  Also sets the reasons."""
+    ref_rows = int(ref.get("rows", 0))
+    p = _missing_p_value(f.missing_ref, ref_rows, f.missing_new, rows)
+    rates = f"missing {f.missing_ref:.1%} → {f.missing_new:.1%}"
+    drift: list[str] = []
+    warn: list[str] = []
+    if abs(f.missing_new - f.missing_ref) > th.missing_rate + 1e-12:
+        if p < th.p_value / max(n_tests, 1):
+            drift.append(rates)
+        else:
+            warn.append(f"{rates} (p={p:.2g}: too few rows to confirm)")
+    if f.level == "drift" and not (drift and math.isinf(f.psi)):  # "no values" is the missing rate's story
+        drift.insert(0, _psi_reason(f, th))
+    elif f.level == "warn":
+        warn.insert(0, _psi_reason(f, th))
+    level = "drift" if drift else "warn" if warn else "ok"
+    return replace(f, level=level, missing_p_value=p, reasons=tuple(drift or warn))
+
+
+def _plain(v: float, decimals: int) -> str:
+    """``v`` with thousands separators and ``decimals`` decimals; never "-0"."""
+    if math.isinf(v):
+        return "∞" if v > 0 else "-∞"
+    if math.isnan(v):
+        return "nan"
+    if decimals > 12 or abs(v) >= 1e15:  # beyond ordinary magnitudes
+        return f"{v:.4g}"
+    text = f"{v:,.{decimals}f}"
+    return text[1:] if text.startswith("-") and not text.strip("-0.,") else text
+
+
+def _decimals(edges: Sequence[float]) -> int:
+    """Decimals enough for the narrowest bin between ``edges``, and to tell every two apart."""
+    finite = sorted({float(e) for e in edges if math.isfinite(e)})
+    gaps = [b - a for a, b in zip(finite, finite[1:]) if b > a]
+    if gaps:
+        d = max(0, -math.floor(math.log10(min(gaps))))
+    else:
+        d = 0 if all(e.is_integer() for e in finite) else 2
+    while d <= 12 and len({_plain(e, d) for e in finite}) < len(finite):
+        d += 1
+    return d
+
+
+def bin_labels(quantiles: Sequence[float]) -> tuple[str, ...]:
+    """The decile bins' labels from a profile's 101 percentiles: ``≤q10``, ``q10–q20``, …,
+    ``>q90``, as plain numbers (``2,010–2,015``, ``12.5–13.1``) with the decimals the
+    narrowest bin needs."""
+    edges = [float(quantiles[10 * i]) for i in range(1, 10)]
+    d = _decimals(edges)
+    e = [_plain(v, d) for v in edges]
+    return (f"≤{e[0]}", *(f"{e[i]}–{e[i + 1]}" for i in range(8)), f">{e[8]}")
 
 
 def compare(profile: Mapping[str, Any], schema: Mapping[str, Any], frame: pd.DataFrame,
