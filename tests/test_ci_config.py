@@ -22,7 +22,8 @@ def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_there_are_the_workflows() -> None:
-    assert {p.name for p in WORKFLOWS} == {"drift.yml", "model-report.yml", "model-report-comment.yml", "release.yml"}
+    assert {p.name for p in WORKFLOWS} == {"drift.yml", "model-report.yml", "model-report-comment.yml",
+                                         "registry-site.yml", "release.yml"}
 
 
 def test_the_workflow_run_job_never_checks_out_or_runs_the_pull_requests_code() -> None:

@@ -370,3 +370,22 @@ def test_drift_found_twice_updates_one_branch_and_one_pull_request(new_project: 
     assert "x0" in pr["body"] and pr["body"].count("<!-- modelshelf-report -->") == 1, pr["body"]
     assert "updated pull request #100" in retrain.stdout, job.log()
     assert tips[0] != tips[1]
+
+
+def test_the_registry_page_is_published_to_gh_pages_as_one_commit(released: Project, tmp_path: Path) -> None:
+    """registry-site.yml builds `shelf site` on main's checkout and force-pushes it to
+    gh-pages: a rerun replaces the page (one commit, no history of old pages)."""
+    origin, checkout = pushed_checkout(released, tmp_path)
+    gitconfig = tmp_path / "gitconfig"  # the job's https://github.example push lands on the bare origin
+    gitconfig.write_text(f'[url "{origin}"]\n\tinsteadOf = https://github.example/acme/models.git\n')
+    env = {"GITHUB_SERVER_URL": "https://github.example", "GITHUB_REPOSITORY": "acme/models",
+           "GITHUB_SHA": run(["git", "rev-parse", "HEAD"], checkout).stdout.strip(), "GIT_CONFIG_GLOBAL": str(gitconfig)}
+    for _ in range(2):
+        job = run_job("registry-site.yml", "site", checkout, Forge(tmp_path / "forge"),
+                      {"github": {"token": "ghs_stub"}, "secrets": {}}, env)
+        assert not job.failed, job.log()
+    assert run(["git", "rev-list", "--count", "gh-pages"], origin).stdout.strip() == "1"
+    files = run(["git", "ls-tree", "-r", "--name-only", "gh-pages"], origin).stdout.split()
+    assert {"index.html", "assets/vega.js", ".nojekyll", "cards/v1.0.0.json"} <= set(files), files
+    page = run(["git", "show", "gh-pages:index.html"], origin).stdout
+    assert "v1.0.0" in page and "Metrics across releases" in page

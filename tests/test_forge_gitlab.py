@@ -134,6 +134,16 @@ def test_a_protected_main_refusing_the_renumber_says_so(released: Project, tmp_p
     assert_refused_renumber(job.stderr, origin)
 
 
+def test_the_pages_job_publishes_the_registry_page(released: Project, tmp_path: Path) -> None:
+    origin, checkout = pushed_checkout(released, tmp_path)
+    run(["git", "checkout", "-q", "--detach"], checkout)
+    job = run_gitlab_job("pages", checkout, GitLab(tmp_path / "gitlab"),
+                         {**branch_variables(origin), "CI_PIPELINE_SOURCE": "push"})
+    assert job.code == 0, job.stdout + job.stderr
+    page = (checkout / "public" / "index.html").read_text(encoding="utf-8")
+    assert "v1.0.0" in page and (checkout / "public" / "assets" / "vega.js").is_file()
+
+
 def test_drift_found_twice_updates_one_branch_and_one_merge_request(new_project: Any, tmp_path: Path) -> None:
     origin = drifted_origin(new_project)
     gitlab = GitLab(tmp_path / "gitlab")

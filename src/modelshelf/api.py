@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # pathlib too: the serving path, which imports this module, d
     from modelshelf.registry.release import release
     from modelshelf.registry.restore import fetch, get, rollback
     from modelshelf.registry.signing import generate_keypair
+    from modelshelf.registry.site import build as site
     from modelshelf.report import build as report
     from modelshelf.serve.batch import predict_csv as predict
 
@@ -72,6 +73,7 @@ _EXPORTS: dict[str, str] = {
     "bom": "modelshelf.registry.bom:bom",
     "requirements": "modelshelf.registry.environment:requirements",
     "generate_keypair": "modelshelf.registry.signing:generate_keypair",
+    "site": "modelshelf.registry.site:build",
     # models: load and verify (a release, or a directory with its card)
     "load": "modelshelf.model:load",
     "verify": "modelshelf.model:verify",

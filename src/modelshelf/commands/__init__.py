@@ -20,7 +20,7 @@ GROUP_OF = {
     **dict.fromkeys(("init", "prepare", "train", "evaluate", "gate", "serialise", "verify", "show", "report"),
                     "pipeline"),
     **dict.fromkeys(("serve", "predict", "drift"), "serving"),
-    **dict.fromkeys(("release", "versions", "diff", "promote", "deprecate", "rollback", "get", "gc"), "registry"),
+    **dict.fromkeys(("release", "versions", "diff", "promote", "deprecate", "rollback", "get", "gc", "site"), "registry"),
     **dict.fromkeys(("bom", "env", "keygen"), "provenance"),
 }
 

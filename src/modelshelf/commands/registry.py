@@ -1,5 +1,5 @@
 """``shelf`` subcommands of the git-tag registry: release, versions, diff, promote, deprecate,
-rollback, get, gc."""
+rollback, get, gc, site."""
 
 from __future__ import annotations
 
@@ -169,6 +169,18 @@ def cmd_gc(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_site(a: argparse.Namespace) -> int:
+    from modelshelf import api
+
+    built = api.site(out=a.out)
+    if a.json:
+        print(json.dumps({"index": str(built.index), "releases": built.releases, "charts": built.charts}, indent=2))
+    else:
+        print(f"wrote {built.index} ({built.releases} releases, {built.charts} charts): open it in a browser, "
+              "no server needed")
+    return 0
+
+
 def register(add: Add) -> None:
     """Add these subcommands and their arguments."""
     p = add("release", cmd_release, "tag the workspace model model@vX.Y.Z once its artefacts are in the DVC remote")
@@ -224,3 +236,8 @@ def register(add: Add) -> None:
     p.add_argument("-r", "--remote", help="DVC remote for --cloud")
     p.add_argument("--dry-run", "--dry", dest="dry", action="store_true",
                    help="say what would be deleted (objects and bytes per location), delete nothing")
+
+    p = add("site", cmd_site, "write the registry as one static page (releases, stages, metrics, cards)")
+    p.add_argument("-o", "--out", type=Path, default=Path("build/registry"),
+                   help="the site's directory (default: build/registry)")
+    p.add_argument("--json", action="store_true")
