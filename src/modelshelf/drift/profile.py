@@ -210,11 +210,13 @@ def _numeric_drift(name: str, ref: Mapping[str, Any], values: Any, th: DriftPara
     x, present = _present(values)
     missing_new = float(1 - present.size / max(x.size, 1))
     if present.size == 0 or "quantiles" not in ref:
-        both_empty = present.size == 0 and "quantiles" not in ref
-        return _judged(FeatureDrift(name, "numeric", 0.0 if both_empty else math.inf if present.size == 0 else 0.0,
-                                    "ks", 0.0 if both_empty else 1.0, 1.0 if both_empty else 0.0,
-                                    ref.get("missing", 0.0), missing_new, "ok" if both_empty else "drift"),
-                       ref, x.size, th, n_tests)
+        missing_ref = ref.get("missing", 0.0)
+        if present.size == 0 and "quantiles" not in ref:  # no values on either side: nothing moved
+            f = FeatureDrift(name, "numeric", 0.0, "ks", 0.0, 1.0, missing_ref, missing_new, "ok")
+        else:
+            f = FeatureDrift(name, "numeric", math.inf if present.size == 0 else 0.0, "ks", 1.0, 0.0,
+                             missing_ref, missing_new, "drift")
+        return _judged(f, ref, x.size, th, n_tests)
     q = np.asarray(ref["quantiles"])
     counts = _percentile_counts(present, q)
     psi = _psi(ref["shares"], _decile_shares(counts))

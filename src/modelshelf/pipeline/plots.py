@@ -1,4 +1,5 @@
-"""PNG charts people would rather look at than read: drift per feature, metrics per release.
+"""PNG charts people would rather look at than read: metrics per release (drift's charts are
+:mod:`modelshelf.drift.charts`).
 
 matplotlib is an optional dependency (``pip install 'modelshelf[plots]'``).
 """
@@ -6,7 +7,6 @@ matplotlib is an optional dependency (``pip install 'modelshelf[plots]'``).
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +15,6 @@ from modelshelf import artefacts
 from modelshelf.errors import ConfigError
 
 if TYPE_CHECKING:
-    from modelshelf.drift.profile import DriftResult
     from modelshelf.registry.core import Release
 
 
@@ -37,43 +36,6 @@ def _save(fig: Any, path: Path) -> Path:
     with artefacts.atomic_output(path, "wb") as fh:
         fh.write(buf.getvalue())
     return path
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "feature"
-
-
-def drift(result: DriftResult, out_dir: Path, version: str) -> list[Path]:
-    """One PNG per feature (training vs new shares per bin), plus ``overview.png`` (PSI per feature)."""
-    plt = _pyplot()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    rows = [f for f in ([result.prediction] if result.prediction else []) + list(result.features) if f.bins]
-    colour = {"ok": "#4c9a2a", "warn": "#e0a100", "drift": "#c0392b"}
-    for f in rows:
-        fig, ax = plt.subplots(figsize=(7, 3.2))
-        x = range(len(f.bins))
-        ax.bar([i - 0.2 for i in x], f.ref_shares, width=0.4, label=f"training (v{version})", color="#7f8c8d")
-        ax.bar([i + 0.2 for i in x], f.new_shares, width=0.4, label="new data", color=colour[f.level])
-        ax.set_xticks(list(x), f.bins, rotation=35, ha="right", fontsize=7)
-        ax.set_ylabel("share of rows")
-        ax.set_title(f"{f.name}: PSI {f.psi:.3f}, {f.test} p={f.p_value:.2g} ({f.level})", fontsize=9)
-        ax.legend(fontsize=7)
-        written.append(_save(fig, out_dir / f"{_slug(f.name)}.png"))
-        plt.close(fig)
-    if result.features:
-        ordered = sorted(result.features, key=lambda f: f.psi)
-        fig, ax = plt.subplots(figsize=(7, max(2.5, 0.25 * len(ordered))))
-        ax.barh([f.name for f in ordered], [f.psi for f in ordered], color=[colour[f.level] for f in ordered])
-        ax.axvline(result.thresholds.psi_warn, color="#e0a100", linestyle="--", linewidth=1, label="warn")
-        ax.axvline(result.thresholds.psi_alert, color="#c0392b", linestyle="--", linewidth=1, label="alert")
-        ax.set_xlabel("PSI")
-        ax.set_title(f"drift against v{version}: {result.verdict}", fontsize=10)
-        ax.tick_params(axis="y", labelsize=7)
-        ax.legend(fontsize=7)
-        written.append(_save(fig, out_dir / "overview.png"))
-        plt.close(fig)
-    return written
 
 
 def versions(releases: Sequence[Release], path: Path, metrics: Sequence[str] | None = None) -> Path:

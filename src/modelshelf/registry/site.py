@@ -184,7 +184,7 @@ def page(reg: Registry, specs: list[dict[str, Any]]) -> str:
         f"</td><td><code>{e(a.tag)}</code></td></tr>"
         for a in reversed(reg.assignments))
     metrics = sorted({m for r in reg.releases for m in (r.card or {}).get("metrics", {})})
-    rows, details, previous = [], [], None
+    rows, details = [], []
     for rel in sorted(reg.releases, key=lambda r: r.version, reverse=True):
         card = rel.card or {}
         passed = card.get("gate", {}).get("passed")
