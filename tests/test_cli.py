@@ -8,6 +8,7 @@ import argparse
 import pytest
 
 from modelshelf.cli import _columns, build_parser, main
+from modelshelf.errors import ConfigError
 
 SAMPLES = [
     ["serve", "--model", "prod", "--port", "9000", "--poll", "0", "--keep-alive", "2"],
@@ -61,9 +62,9 @@ def test_each_subcommand_is_registered_by_the_module_the_cli_imports_for_it() ->
 def test_a_mistyped_command_gets_the_whole_list(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["serv", "--port", "1"])
-    assert exc.value.code == 2
+    assert exc.value.code == ConfigError.exit_code
     err = capsys.readouterr().err
-    assert "invalid choice: 'serv'" in err and "'serve'" in err and "'rollback'" in err
+    assert "usage: shelf [-h]" in err and "shelf: error: unknown command 'serv'; did you mean 'serve'?" in err
 
 
 def test_help_is_as_wide_as_columns_says(monkeypatch: pytest.MonkeyPatch) -> None:

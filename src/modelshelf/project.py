@@ -24,6 +24,20 @@ DVCIGNORE_LINES = ("/.venv/", "__pycache__/")  # never data: DVC need not hash t
 STAGES = ("prepare", "train", "evaluate", "gate", "serialise")
 MODEL_PATH = "models/model.joblib"
 _PLOTS = ("Confusion matrix", "ROC", "Precision-recall")
+_REGRESSION_PLOTS = ("Predicted vs actual", "Residuals")
+# Regression's plots, in place of the template's (classification's): no confusion matrix, no curves.
+_REGRESSION_BLOCK = """plots:
+  - Predicted vs actual:
+      template: scatter
+      x: actual
+      y:
+        metrics/plots/predictions.json: predicted
+  - Residuals:
+      template: scatter
+      x: predicted
+      y:
+        metrics/plots/predictions.json: residual
+"""
 _VAR = re.compile(r"\$\{\s*([\w.]+)\s*\}")
 
 
@@ -33,6 +47,9 @@ def find_root(start: str | Path = ".") -> Path:
     for cand in (here, *here.parents):
         if (cand / DVC_YAML).is_file():
             return cand
+    if not any((cand / ".git").exists() for cand in (here, *here.parents)):  # outside any project
+        raise GitError(str(here), "not a git repository (nor any parent): not in a modelshelf project",
+                       "cd into the project, or `shelf init` one")
     raise ConfigError(str(here), "no dvc.yaml here or above", "run `shelf init` or cd into the project")
 
 
@@ -153,10 +170,13 @@ class FileChange:
     before: str | None
     after: str
     added: tuple[str, ...]  # what it adds, one item each: "stage prepare", "section data", "line /build/"
+    generated: bool = False  # a generated file (the plots' page template): its diff is one line
 
     def diff(self, root: Path) -> str:
         """The change as a unified diff, paths relative to ``root``."""
         rel = self.path.relative_to(root).as_posix()
+        if self.generated:
+            return f"generated file {rel} ({len(self.after.encode('utf-8')):,} bytes)\n"
         old = [_eol(line) for line in _lines(self.before or "")]
         new = [_eol(line) for line in _lines(self.after)]
         head = "/dev/null" if self.before is None else f"a/{rel}"
@@ -214,6 +234,8 @@ def init(path: str | Path, *, force: bool = False, dry_run: bool = False, prefix
     tmpl = {name: templates.joinpath(name + ".template").read_text(encoding="utf-8") for name in TEMPLATE_FILES}
     params_before = _read(root / "params.yaml")
     user_params = _load(root / "params.yaml", params_before)
+    if _task_family(root, user_params) == "regression":
+        tmpl["dvc.yaml"] = _regression_template(tmpl["dvc.yaml"])
     changes = [c for c in (_merge_dvc_yaml(root / DVC_YAML, tmpl["dvc.yaml"], prefix, user_params),
                            _merge_params(root / "params.yaml", params_before, user_params, tmpl["params.yaml"]))
                if c is not None]
@@ -227,6 +249,7 @@ def init(path: str | Path, *, force: bool = False, dry_run: bool = False, prefix
             dvc = [sys.executable, "-m", "dvc"]
             _run([*dvc, "init", "-q"], root)
             _run([*dvc, "config", "core.analytics", "false"], root)
+    changes += _plot_templates(root, fresh="dvc init" in setup)
     keep = root / "data" / "raw" / ".gitkeep"
     if not keep.exists():
         changes.append(FileChange(keep, None, "", ()))
@@ -385,8 +408,9 @@ def _merge_dvc_yaml(path: Path, template: str, prefix: str, user_params: Mapping
                           "(DVC reads params.yaml as variables)", "rename your key")
     if before is None:
         text = re.sub(rf"^  ({'|'.join(STAGES)}):$", rf"  {prefix}\1:", template, flags=re.M) if prefix else template
+        plots = _REGRESSION_PLOTS if _REGRESSION_PLOTS[0] in template else _PLOTS
         return FileChange(path, None, text, (*(f"stage {prefix}{s}" for s in STAGES),
-                                             "variables paths", *(f"plot {p}" for p in _PLOTS), "artifact model"))
+                                             "variables paths", *(f"plot {p}" for p in plots), "artifact model"))
     user = _load(path, before)
     blocks = _blocks(path, before)
     tlines = _lines(template)
@@ -549,6 +573,67 @@ def _append_lines(path: Path, wanted: tuple[str, ...]) -> FileChange | None:
     if text and not text.endswith("\n"):
         text += nl
     return FileChange(path, before, text + "".join(m + nl for m in missing), tuple(f"line {m}" for m in missing))
+
+
+def _task_family(root: Path, user_params: Mapping[str, Any]) -> str:
+    """``regression`` or ``classification``: the prepared schema's task, else ``data.task``, else
+    the data source's target as the prepare stage infers it; classification when unknown."""
+    import json
+
+    data = user_params.get("data") if isinstance(user_params.get("data"), Mapping) else {}
+    try:
+        schema = root / stage_options(root, "prepare").get("out", "data/prepared") / "schema.json"
+        task = json.loads(schema.read_text(encoding="utf-8"))["task"]
+    except (ConfigError, OSError, ValueError, KeyError, TypeError):
+        task = data.get("task", "auto") if isinstance(data, Mapping) else "auto"
+    if task in ("regression", "binary", "multiclass", "classification"):
+        return "regression" if task == "regression" else "classification"
+    try:
+        from modelshelf.params import parse_params
+        from modelshelf.pipeline import data as datasets
+
+        params = parse_params(dict(user_params)).data
+        frame = datasets.load_source(params, root).frame
+        return "regression" if datasets.infer_task(frame[params.target], params.task) == "regression" \
+            else "classification"
+    except Exception:  # noqa: BLE001 - no data yet (or none readable): the template's classification plots
+        return "classification"
+
+
+def _regression_template(template: str) -> str:
+    """The dvc.yaml template with regression's plots in place of classification's."""
+    start = template.index("\nplots:\n") + 1
+    end = template.index("\nartifacts:", start)
+    head = template[:start]
+    if head.endswith("instead.\n"):  # the comment line above the block names the other task
+        head = head[:head.rstrip("\n").rfind("\n") + 1] + "# Regression's plots: predicted vs actual, residuals.\n"
+    return head + _REGRESSION_BLOCK + template[end:]
+
+
+def _plot_templates(root: Path, fresh: bool) -> list[FileChange]:
+    """The offline page template and the curve template under .dvc/plots/, and DVC's
+    ``plots.html_template`` pointing at the page (a line of .dvc/config)."""
+    from modelshelf import charts
+
+    dvc_dir = root / ".dvc"
+    changes = []
+    for rel, make, generated in ((charts.HTML_TEMPLATE, charts.dvc_html_template, True),
+                                 (charts.CURVE_TEMPLATE_FILE, charts.curve_template, False)):
+        path = dvc_dir / rel
+        if not path.is_file():
+            changes.append(FileChange(path, None, make(), (f"plots template {rel}",), generated))
+    config = dvc_dir / "config"
+    before = _read(config) if not fresh else None
+    text = before if before is not None else ("[core]\n    analytics = false\n" if fresh else "")
+    if not re.search(r"^\s*html_template\s*=", text, flags=re.M):
+        nl = "\r\n" if "\r\n" in text else "\n"
+        if text and not text.endswith("\n"):
+            text += nl
+        line = f"    html_template = {charts.HTML_TEMPLATE}{nl}"
+        m = re.search(r"^\[\s*['\"]?plots['\"]?\s*\][^\n]*\n", text, flags=re.M)
+        after = text[:m.end()] + line + text[m.end():] if m else f"{text}[plots]{nl}{line}"
+        changes.append(FileChange(config, before, after, ("config plots.html_template",)))
+    return changes
 
 
 def _run(cmd: list[str], cwd: Path) -> None:

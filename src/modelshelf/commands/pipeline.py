@@ -151,7 +151,10 @@ def cmd_verify(a: argparse.Namespace) -> int:
         from modelshelf.errors import ConfigError
 
         raise ConfigError("shelf verify", "--remote and --json go with --all", "e.g. `shelf verify --all --remote`")
-    v = api.verify(_model_dir(a.path), allow_version_mismatch=a.allow_version_mismatch)
+    target = a.path
+    if target is not None and not target.exists():  # a version, 'latest' or a stage, as `show` and `get` take
+        target = api.locate(str(target)).directory  # a copy verified against the card at its tag
+    v = api.verify(_model_dir(target), allow_version_mismatch=a.allow_version_mismatch)
     files = ", ".join(f for _, f in v.files)
     print(f"verified {v.name} v{v.version}: sha256 matches the card for {files}")
     for dep, (built, running) in v.dependencies.items():
@@ -286,7 +289,8 @@ def register(add: Add) -> None:
 
     p = add("verify", cmd_verify, "check a model's sha256 and library versions against its card, "
             "or (--all) audit every release")
-    p.add_argument("path", nargs="?", type=Path, help="card or directory (default: the dvc.yaml model's)")
+    p.add_argument("path", nargs="?", type=Path,
+                   help="card, directory, vX.Y.Z, latest or a stage (default: the dvc.yaml model's)")
     p.add_argument("--allow-version-mismatch", action="store_true")
     p.add_argument("--all", action="store_true", help="audit every release: tag, card, version, tag message, "
                    "and every object in the local cache")

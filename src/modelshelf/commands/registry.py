@@ -43,7 +43,7 @@ def cmd_versions(a: argparse.Namespace) -> int:
     if a.plot is not None:
         from modelshelf.pipeline import plots
 
-        print(f"wrote {plots.versions(reg.releases, a.plot)}", file=sys.stderr)
+        print(f"wrote {plots.versions(reg.releases, a.plot, assignments=reg.assignments)}", file=sys.stderr)
     if a.json:
         print(json.dumps({"name": reg.name, "deprecated": reg.deprecated, "deprecation_tag": reg.deprecation_tag,
                           "stages": dict(reg.holders), "warnings": list(reg.problems), "versions": rows},

@@ -34,6 +34,8 @@ def evaluate(model: Any, X: pd.DataFrame, y: pd.Series, task: str) -> tuple[dict
         "predictions": [{"actual": _py(a), "predicted": _py(p)} for a, p in zip(y, pred, strict=True)],
     }
     if task == "regression":
+        plots["predictions"] = [{"actual": _py(a), "predicted": _py(p), "residual": _py(a - p)}
+                                for a, p in zip(y, pred, strict=True)]
         out = {
             "rmse": math.sqrt(skm.mean_squared_error(y, pred)),
             "mae": skm.mean_absolute_error(y, pred),
@@ -55,12 +57,7 @@ def evaluate(model: Any, X: pd.DataFrame, y: pd.Series, task: str) -> tuple[dict
             s = scores[:, 1] if np.ndim(scores) == 2 else scores
             y_pos = (np.asarray(y) == pos)
             out["roc_auc"] = skm.roc_auc_score(y_pos, s)
-            fpr, tpr, thr = skm.roc_curve(y_pos, s)
-            plots["roc"] = [{"fpr": _py(f), "tpr": _py(t), "threshold": _clip(th)}
-                            for f, t, th in zip(fpr, tpr, thr, strict=True)]
-            prec, rec, thr = skm.precision_recall_curve(y_pos, s)
-            plots["precision_recall"] = [{"precision": _py(p), "recall": _py(r), "threshold": _clip(th)}
-                                         for p, r, th in zip(prec, rec, list(thr) + [1.0], strict=True)]
+            plots["roc"], plots["precision_recall"] = _curves(y_pos, s, pos)
     else:
         out |= {
             "precision_macro": skm.precision_score(y, pred, average="macro", zero_division=0),
@@ -72,7 +69,31 @@ def evaluate(model: Any, X: pd.DataFrame, y: pd.Series, task: str) -> tuple[dict
             if proba is not None:
                 out["roc_auc_ovr"] = skm.roc_auc_score(y, proba, multi_class="ovr", average="macro",
                                                        labels=classes)
+        if scores is not None and np.ndim(scores) == 2 and scores.shape[1] == len(classes):
+            # One-vs-rest curves, one per class, in one file: the `class` column tells them apart.
+            plots["roc"], plots["precision_recall"] = [], []
+            for i, cls in enumerate(classes):
+                y_pos = (np.asarray(y) == cls)
+                if y_pos.all() or not y_pos.any():
+                    continue  # a class absent from (or alone in) the test split has no curve
+                roc, pr = _curves(y_pos, scores[:, i], cls)
+                plots["roc"] += roc
+                plots["precision_recall"] += pr
     return _finite(out), plots
+
+
+def _curves(y_pos: Any, score: Any, cls: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """ROC and precision-recall rows of one class against the rest (``rank``: the drawing order)."""
+    from sklearn import metrics as skm
+
+    label = str(_py(cls))
+    fpr, tpr, thr = skm.roc_curve(y_pos, score)
+    roc = [{"class": label, "rank": i, "fpr": _py(f), "tpr": _py(t), "threshold": _clip(th)}
+           for i, (f, t, th) in enumerate(zip(fpr, tpr, thr, strict=True))]
+    prec, rec, thr = skm.precision_recall_curve(y_pos, score)
+    pr = [{"class": label, "rank": i, "precision": _py(p), "recall": _py(r), "threshold": _clip(th)}
+          for i, (p, r, th) in enumerate(zip(prec, rec, [*thr, 1.0], strict=True))]
+    return roc, pr
 
 
 def _finite(metrics: dict[str, Any]) -> dict[str, float]:

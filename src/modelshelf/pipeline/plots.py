@@ -1,12 +1,8 @@
-"""PNG charts people would rather look at than read: metrics per release (drift's charts are
-:mod:`modelshelf.drift.charts`).
-
-matplotlib is an optional dependency (``pip install 'modelshelf[plots]'``).
-"""
+"""The registry's metrics per release as a PNG (drift's charts are :mod:`modelshelf.drift.charts`),
+drawn as Vega-Lite and rendered offline by :mod:`modelshelf.charts`."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,51 +11,56 @@ from modelshelf import artefacts
 from modelshelf.errors import ConfigError
 
 if TYPE_CHECKING:
-    from modelshelf.registry.core import Release
+    from modelshelf.registry.core import Assignment, Release
 
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError:
-        raise ConfigError("--plot", "matplotlib is not installed",
-                          "install it with `pip install 'modelshelf[plots]'`") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def versions(releases: Sequence[Release], path: Path, metrics: Sequence[str] | None = None,
+             assignments: Sequence[Assignment] = ()) -> Path:
+    """A PNG of every release's metrics over time (by tag date): one panel per metric on its
+    own y axis, the gate's threshold of each release dashed, and a rule at every stage change."""
+    from datetime import UTC, datetime
 
-    return plt
+    from modelshelf import charts
 
-
-def _save(fig: Any, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    with artefacts.atomic_output(path, "wb") as fh:
-        fh.write(buf.getvalue())
-    return path
-
-
-def versions(releases: Sequence[Release], path: Path, metrics: Sequence[str] | None = None) -> Path:
-    """The metrics of every release over time (by tag date), one line per metric."""
-    from datetime import datetime
-
-    plt = _pyplot()
     with_cards = [r for r in releases if r.card]
     if not with_cards:
         raise ConfigError("--plot", "no release with a card to plot", "run `shelf release` first")
     ordered = sorted(with_cards, key=lambda r: (r.timestamp, r.version))
+
+    def iso(ts: int) -> str:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
     names = list(metrics or sorted({m for r in ordered for m in r.card.get("metrics", {})}))  # type: ignore[union-attr]
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    when = [datetime.fromtimestamp(r.timestamp) for r in ordered]
+    events = [{"date": iso(a.timestamp), "stage": a.stage,
+               "event": f"{a.stage} → v{a.version}" if a.version else f"{a.stage} unassigned"} for a in assignments]
+    panels = []
     for m in names:
-        ax.plot(when, [r.card.get("metrics", {}).get(m) for r in ordered], marker="o", label=m)  # type: ignore[union-attr]
-    if len(ordered) <= 20:  # few releases: name them on the axis
-        ax.set_xticks(when, [f"v{r.version}\n{t:%Y-%m-%d}" for t, r in zip(when, ordered, strict=True)],
-                      fontsize=7)
-    else:
-        fig.autofmt_xdate()
-    ax.set_title(f"{ordered[0].name}: metrics per release", fontsize=10)
-    ax.legend(fontsize=7, ncol=3, loc="best")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+        rows = [{"date": iso(r.timestamp), "version": f"v{r.version}", "value": r.card.get("metrics", {}).get(m)}  # type: ignore[union-attr]
+                for r in ordered]
+        rows = [row for row in rows if isinstance(row["value"], int | float)]
+        limits = [{"date": iso(r.timestamp), "threshold": t} for r in ordered
+                  if isinstance(t := (r.card.get("gate", {}).get("checks", {}).get(m) or {}).get("threshold"),  # type: ignore[union-attr]
+                                int | float)]
+        x = {"field": "date", "type": "temporal", "title": None}
+        layers: list[dict[str, Any]] = [
+            {"data": {"values": rows}, "mark": {"type": "line", "point": True},
+             "encoding": {"x": x, "y": {"field": "value", "type": "quantitative", "title": m,
+                                        "scale": {"zero": False}}}},
+            {"data": {"values": rows}, "mark": {"type": "text", "dy": -10, "fontSize": 9},
+             "encoding": {"x": x, "y": {"field": "value", "type": "quantitative"}, "text": {"field": "version"}}}]
+        if limits:
+            layers.append({"data": {"values": limits},
+                           "mark": {"type": "line", "interpolate": "step-after", "strokeDash": [6, 4],
+                                    "color": "#c0392b"},
+                           "encoding": {"x": x, "y": {"field": "threshold", "type": "quantitative"}}})
+        if events:
+            layers.append({"data": {"values": events}, "mark": {"type": "rule", "strokeDash": [2, 2]},
+                           "encoding": {"x": x, "color": {"field": "stage", "type": "nominal",
+                                                          "title": "stage change"}}})
+        panels.append({"title": m, "width": 560, "height": 140, "layer": layers})
+    spec = {"$schema": charts.SCHEMA, "title": f"{ordered[0].name}: metrics per release",
+            "vconcat": panels, "resolve": {"scale": {"y": "independent"}}}
+    png = charts.to_png(spec)
+    with artefacts.atomic_output(path, "wb") as fh:
+        fh.write(png)
+    return path
