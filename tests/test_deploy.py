@@ -65,10 +65,13 @@ def test_the_manifests_validate_against_the_kubernetes_schemas() -> None:
 def test_the_image_installs_from_the_lock_file_and_copies_what_exists() -> None:
     text = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
     assert re.search(r"pip install .*-c requirements\.lock", text)
+    allowed = [line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+               if line.startswith("!")]
     for line in text.splitlines():
         if line.startswith("COPY "):
             for src in line.split()[1:-1]:
                 assert (REPO / src).exists(), f"COPY {src}: not in the repository"
+                assert src.rstrip("/") in allowed, f"COPY {src}: excluded by .dockerignore"
 
 
 def test_every_replica_serves_prod_with_the_flags_shelf_serve_takes() -> None:
