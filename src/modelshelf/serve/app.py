@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from modelshelf.serve import oip
 from modelshelf.serve.holder import Holder
 from modelshelf.serve.metrics import Metrics
 from modelshelf.serve.payload import BadRequest, loads, loads_large, release
@@ -39,6 +40,8 @@ ALLOW: dict[str, bytes] = {"/predict": b"POST", "/health": b"GET, HEAD", "/ready
                            "/model": b"GET, HEAD", "/metrics": b"GET, HEAD", "/openapi.json": b"GET, HEAD",
                            "/ping": b"GET, HEAD", "/admin/reload": b"POST"}
 ROUTES = frozenset(ALLOW)
+# The Open Inference Protocol's routes (modelshelf.serve.oip), by what they are, for metrics.
+V2_LABELS = frozenset(f"/v2/{what}" for what in ("server", "live", "ready", "model", "model_ready", "infer"))
 _NOT_ALLOWED = {path: orjson.dumps({"error": f"method not allowed: {path} takes {methods.decode()}"})
                 for path, methods in ALLOW.items()}
 log = logging.getLogger("modelshelf.serve")
@@ -88,15 +91,41 @@ class App:
                 if refused is not None:
                     return self._done(path, start, refused)
                 return self._later(path, start, self._reload)
+            if path.startswith("/v2"):
+                return self._v2(method, path, body, start)
             return self._done(path, start, self._other(path, method), method=method)
         except BadRequest as exc:
-            return self._done(path, start, (exc.status, JSON, orjson.dumps(exc.body())))
+            label = f"/v2/{r[0]}" if path.startswith("/v2") and (r := oip.route(path)) else path
+            return self._done(label, start, (exc.status, JSON, orjson.dumps(exc.body())))
         except Exception as exc:  # noqa: BLE001 - a bug answers 500 and the server keeps serving
             log.exception("%s %s failed", method, path)
             return self._done(path, start, _internal(exc))
 
+    def _v2(self, method: str, path: str, body: bytes, start: float) -> Reply | Later:
+        """The Open Inference Protocol's routes (:mod:`modelshelf.serve.oip`)."""
+        r = oip.route(path)
+        if r is None:
+            return self._done(path, start, (404, JSON, b'{"error":"not found"}'))
+        what, name, version = r
+        label = f"/v2/{what}"
+        if what == "infer" and method == "POST":
+            loaded = self.holder.current  # read once: this request finishes on this version
+            if len(body) > INLINE_BODY:
+                return self._later(label, start, lambda: self._infer_large(name, version, loaded, body))
+            reply, rows = oip.infer(name, version, loaded, body, False, loaded.runner.predict if loaded else _none)
+            return self._done(label, start, reply, rows)
+        if method == "GET" and what != "infer":
+            return self._done(label, start, oip.get(what, name, version, self.holder.current))
+        return self._done(label, start, (405, JSON, orjson.dumps(
+            {"error": f"method not allowed: {path} takes {oip.allowed(what).decode()}"})))
+
+    def _infer_large(self, name: str | None, version: str | None, loaded: Any, body: bytes) -> tuple[Reply, int]:
+        with self._decoding:  # as /predict's large bodies: one decoded at a time
+            return oip.infer(name, version, loaded, body, True, loaded.runner.predict if loaded else _none)
+
     def _done(self, path: str, start: float, reply: Reply, rows: int = 0, method: str = "POST") -> Reply:
-        known = path if path in ROUTES and (path != "/predict" or method == "POST") else "other"
+        known = path if (path in ROUTES or path in V2_LABELS) and (path != "/predict" or method == "POST") \
+            else "other"
         self.metrics.observe(known, reply[0], time.perf_counter() - start, rows)
         return reply
 
@@ -194,7 +223,8 @@ class App:
             return
         path, method = scope["path"], scope["method"]
         try:
-            body = await self._read(receive) if method == "POST" and path in ROUTES else b""
+            body = await self._read(receive) if method == "POST" and (path in ROUTES or path.startswith("/v2/")) \
+                else b""
         except BadRequest as exc:
             reply: Reply = self._done(path, time.perf_counter(), (exc.status, JSON, orjson.dumps(exc.body())))
         else:
@@ -209,7 +239,7 @@ class App:
         status, ctype, data = reply
         headers = [(b"content-type", ctype), (b"content-length", str(len(data)).encode())]
         if status == 405:
-            headers.append((b"allow", ALLOW[path]))
+            headers.append((b"allow", allowed(path)))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else data})
 
@@ -235,6 +265,18 @@ class App:
                 self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def allowed(path: str) -> bytes:
+    """The methods ``path`` takes, for a 405's Allow header."""
+    if path in ALLOW:
+        return ALLOW[path]
+    r = oip.route(path) if path.startswith("/v2") else None
+    return oip.allowed(r[0]) if r else b""
+
+
+def _none(_batch: Any) -> dict[str, Any]:
+    raise AssertionError("no model: oip.infer answers 503 before predicting")
 
 
 def _internal(exc: Exception) -> Reply:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import httptools
 import orjson
 
-from modelshelf.serve.app import ALLOW, JSON, Reply
+from modelshelf.serve.app import JSON, Reply, allowed
 
 if TYPE_CHECKING:
     from modelshelf.serve.httpd import Server
@@ -69,7 +69,7 @@ def _head(status: int, ctype: bytes, length: int, close: bool) -> bytes:
 def _render(reply: Reply, close: bool, head_only: bool = False, path: str = "") -> bytes:
     status, ctype, body = reply
     if status == 405:  # RFC 9110: a 405 names the methods the target takes
-        extra = b"allow: %s\r\n" % ALLOW.get(path, b"")
+        extra = b"allow: %s\r\n" % allowed(path)
         head = (b"HTTP/1.1 405 Method Not Allowed\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n"
                 % (ctype, len(body), extra, b"connection: close\r\n" if close else b""))
     else:
