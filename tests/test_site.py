@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -35,7 +38,7 @@ def test_the_page_shows_every_release_stage_chart_and_diff(released: Project, tm
     assert built.releases == 2
     stages = text[text.index("<h2>Stages</h2>"):text.index("<h2>Releases</h2>")]
     assert "<td>prod</td><td>v1.1.0</td>" in stages, stages
-    history = text[text.index("<h2>Stage history</h2>"):text.index("<h2>Cards</h2>")]
+    history = text[text.index("<h2>Stage history</h2>"):text.index("<h2>Releases in detail</h2>")]
     assert history.count("<tr>") == 1 + 2 and history.index("v1.1.0") < history.index("v1.0.0")  # newest first
     for version in ("1.0.0", "1.1.0"):
         card = json.loads((tmp_path / "registry" / "cards" / f"v{version}.json").read_text())
@@ -86,3 +89,79 @@ def test_a_rebuild_replaces_its_own_site_and_refuses_any_other_directory(release
     with pytest.raises(ConfigError, match="not a site written by `shelf site`"):
         site.build(released.root, mine)
     assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_a_rerun_after_a_kill_between_the_renames_cleans_up_and_builds(released: Project, tmp_path: Path) -> None:
+    """A SIGKILL after ``out`` was renamed away and before the new site took its place leaves no
+    ``out`` and a hidden ``.NAME.old-PID`` (and maybe a staging ``.NAME.new-PID-*``) holding the
+    marker: a rerun removes those of dead processes and builds, and touches nothing else."""
+    out = tmp_path / "registry"
+    site.build(released.root, out)
+    dead = _dead_pid()
+    old, staging = tmp_path / f".registry.old-{dead}", tmp_path / f".registry.new-{dead}-k1ll3d"
+    out.rename(old)                                   # what the killed build had done
+    shutil.copytree(old, staging)
+    (staging / "index.html").unlink()                 # half written
+    live = tmp_path / f".registry.old-{os.getppid()}"  # another build, still running: not ours to remove
+    shutil.copytree(old, live)
+    foreign = tmp_path / ".registry.old-1234567"       # no marker: not a directory `shelf site` wrote
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    built = site.build(released.root, out)
+    assert built.releases == 1 and "v1.0.0" in built.index.read_text(encoding="utf-8")
+    assert (out / site.MARKER).is_file() and (out / "assets" / "vega.js").is_file()
+    assert (out / "cards" / "v1.0.0.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted([live.name, foreign.name])
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_drift_sections_escape_everything_and_a_note_replaces_a_missing_report() -> None:
+    from modelshelf.drift.profile import DriftResult, FeatureDrift
+
+    reg = hostile_registry()
+    evil = reg.releases[0].author
+    feature = FeatureDrift(name=evil, kind="numeric", psi=0.4, test="ks", statistic=0.3, p_value=1e-9,
+                           missing_ref=0.0, missing_new=0.25, level="drift", bins=("a", "b"),
+                           ref_shares=(0.5, 0.5), new_shares=(0.9, 0.1), reasons=(evil,))
+    report = site.Drift("1.0.0", evil, DriftResult(rows=10, features=(feature,)))
+    text = site.page(reg, site.metric_specs(reg), {"1.0.0": report})
+    assert "<img src=x" not in text and "<script>alert" not in text
+    assert text.count("<script") == text.count("</script>") == 2 + len(site.metric_specs(reg)) + 1  # + the overview
+    [section] = re.findall(r"<section id='release-v1\.0\.0'>.*?</section>", text, re.S)
+    assert "<table class=drift>" in section and "0.0% → 25.0%" in section and "level-drift" in section
+    assert f"id='chart-{len(site.metric_specs(reg))}'" in section
+    noted = site.page(reg, [], {"1.0.0": site.Drift("1.0.0", "data/raw/x.csv", note=f"no drift report: {evil}")})
+    assert "<p class=note>no drift report: &lt;/script&gt;" in noted and "class=chart" not in noted
+
+
+def test_the_drift_of_the_current_data_is_in_each_held_or_latest_release(released: Project, tmp_path: Path) -> None:
+    """Built-in data has no new data (a note); a CSV gives a report; ``drift=False`` none; data
+    that cannot be read a note, never a failed build."""
+    from modelshelf.params import load_params
+    from modelshelf.pipeline import data
+
+    built = site.build(released.root, tmp_path / "builtin")
+    assert built.drift == 0 and "built in: there is no new data to compare" in built.index.read_text()
+    frame = data.load_source(load_params(released.root / "params.yaml").data, released.root).frame
+    frame["mean radius"] *= 1.5
+    released.add_csv("new.csv", frame)
+    built = site.build(released.root, tmp_path / "csv")
+    text = built.index.read_text()
+    metrics = len(json.loads((released.root / "models" / "card.json").read_text())["metrics"])
+    assert built.drift == 1 and built.charts == metrics + 1
+    [section] = re.findall(r"<section id='release-v1\.0\.0'>.*?</section>", text, re.S)
+    assert "drift of the current data (data/raw/new.csv)" in section and "<table class=drift>" in section
+    assert "<tr><td>mean radius</td>" in section and "<td class='level-drift'>drift</td>" in section
+    assert site.build(released.root, tmp_path / "off", drift=False).drift == 0
+    assert "drift of the current data" not in (tmp_path / "off" / "index.html").read_text()
+    (released.root / "data" / "raw" / "new.csv").unlink()
+    broken = site.build(released.root, tmp_path / "broken")
+    note = "<p class=note>no drift report: data/raw/new.csv: file not found"
+    assert broken.drift == 0 and note in broken.index.read_text() and str(tmp_path) not in broken.index.read_text()

@@ -243,3 +243,28 @@ def diff_cards(old: dict[str, Any], new: dict[str, Any]) -> dict[str, dict[str, 
     return {"metrics": changed(old.get("metrics", {}), new.get("metrics", {})),
             "hyperparams": changed(old.get("hyperparams", {}), new.get("hyperparams", {})),
             "card": changed(facts(old), facts(new))}
+
+
+def feature_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
+    """The input features ``new`` has and ``old`` lacks (``added``) and the reverse (``dropped``),
+    each in its card's order."""
+    def names(c: dict[str, Any]) -> list[str]:
+        return [str(f.get("name")) for f in c.get("input_schema", {}).get("features", [])]
+
+    a, b = names(old), names(new)
+    return {"added": [n for n in b if n not in a], "dropped": [n for n in a if n not in b]}
+
+
+def is_number(value: Any) -> bool:
+    """A real number (an int or a finite-or-not float), not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def numeric_changes(diff: dict[str, dict[str, tuple[Any, Any]]]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """For each pair of numbers in a :func:`diff_cards` result, the signed ``change`` (new - old)
+    and the ``relative`` change (the change over ``|old|``; None when old is zero)."""
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for section, rows in diff.items():
+        out[section] = {key: {"change": y - x, "relative": (y - x) / abs(x) if x else None}
+                        for key, (x, y) in rows.items() if is_number(x) and is_number(y)}
+    return out

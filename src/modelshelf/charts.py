@@ -161,10 +161,27 @@ def plot_spec(kind: str, rows: list[dict[str, Any]], title: str | None = None) -
     raise ConfigError("plot kind", f"unknown kind {kind!r}", f"use one of {', '.join(KINDS)}")
 
 
+#: Each task family's plots, as ``(kind, the evaluate stage's file stem, title)``; the titles are
+#: the names of the plot entries ``shelf init`` declares in dvc.yaml.
+TASK_PLOTS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "classification": (("confusion", "predictions", "Confusion matrix"), ("roc", "roc", "ROC"),
+                       ("precision_recall", "precision_recall", "Precision-recall")),
+    "regression": (("fit", "predictions", "Predicted vs actual"), ("residuals", "predictions", "Residuals")),
+}
+
+
+def task_specs(plots: dict[str, list[dict[str, Any]]], task: str,
+               kinds: tuple[str, ...] | None = None) -> dict[str, tuple[str, dict[str, Any]]]:
+    """``{kind: (title, spec)}`` of a task's plots from the evaluate stage's ``{stem: rows}``.
+
+    ``task``: binary, multiclass, classification or regression; ``kinds`` keeps only those (in
+    the task's order).  A plot whose data is missing or empty is left out.
+    """
+    family = "regression" if task == "regression" else "classification"
+    return {kind: (title, plot_spec(kind, plots[stem], title)) for kind, stem, title in TASK_PLOTS[family]
+            if (kinds is None or kind in kinds) and plots.get(stem)}
+
+
 def task_plots(plots: dict[str, list[dict[str, Any]]], task: str) -> dict[str, dict[str, Any]]:
     """The Vega-Lite specs of a task's plots from the evaluate stage's ``{stem: rows}``, by name."""
-    wanted = ([("fit", "predictions", "Predicted vs actual"), ("residuals", "predictions", "Residuals")]
-              if task == "regression" else
-              [("confusion", "predictions", "Confusion matrix"), ("roc", "roc", "ROC"),
-               ("precision_recall", "precision_recall", "Precision-recall")])
-    return {title: plot_spec(kind, plots[stem], title) for kind, stem, title in wanted if plots.get(stem)}
+    return dict(task_specs(plots, task).values())

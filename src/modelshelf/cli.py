@@ -10,6 +10,16 @@ and exits 2 (a usage error: git exits 1, dvc 254, neither 0); ``--traceback`` pr
 traceback and keeps the error's exit code; a closed stdout (``shelf versions | head -1``) ends
 quietly with status 141 (128 + SIGPIPE, what a shell reports for git); a stream that cannot
 encode ✓ → … (``PYTHONIOENCODING=ascii``, a Latin-1 locale) gets ASCII stand-ins (+ -> ...).
+
+Output (:mod:`modelshelf.commands.console`): every command takes ``-q/--quiet`` (chatter
+silenced; results, ``--json``, warnings and errors kept), ``-v/--verbose`` (the ``modelshelf``
+loggers' records on stderr, ``-v`` INFO, ``-vv`` DEBUG; ``shelf serve`` keeps its own
+``--log-level``) and ``--color {auto,always,never}``, before or after the command name.  Colour
+is for a terminal only (auto: a tty, ``TERM`` not ``dumb``, ``NO_COLOR`` unset or empty;
+``FORCE_COLOR`` forces it; ``--color`` overrides both), so output to a pipe or file is the same
+bytes with or without a terminal around.  Slow commands (:data:`PROGRESS`) show a spinner on
+stderr when it is a terminal and ``-q`` is not given; it is erased before the error line.
+``shelf completion bash|zsh|fish`` prints a completion script made from this parser.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from modelshelf import __version__
-from modelshelf.commands import GROUP_OF, GROUPS, Handler
+from modelshelf.commands import GROUP_OF, GROUPS, Handler, console
 from modelshelf.errors import ConfigError, ShelfError
 
 
@@ -117,8 +127,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; with ``only``, one that knows just that subcommand (when it exists),
     for a quicker start (``shelf serve`` is timed to its first answer)."""
     common = argparse.ArgumentParser(add_help=False, formatter_class=_Formatter)
+    # SUPPRESS: a flag given before the command is not reset by the subcommand's defaults.
     common.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
                         help="show the Python traceback on errors")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="print results, warnings and errors only")
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="log what is done on stderr (-v info, -vv debug)")
+    common.add_argument("--color", choices=_COLOR, default=argparse.SUPPRESS,
+                        help="colour the output: auto (a terminal only, NO_COLOR and FORCE_COLOR respected), "
+                             "always or never (default: auto)")
     parser = _Parser(prog="shelf", parents=[common], formatter_class=_Formatter,
                      description="Gated, versioned scikit-learn models on Git + DVC.")
     parser.add_argument("--version", action="version", version=f"modelshelf {__version__}")
@@ -142,11 +160,72 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 # Stage commands that a warm host (modelshelf.pipeline.warm) runs with its imports done.
 _WARM_STAGES = frozenset(("prepare", "train", "evaluate", "gate", "serialise"))
 
+_COLOR = {"auto": None, "always": True, "never": False}  # --color → console.configure(color=...)
+_VALUED = frozenset(("--color",))  # global flags that take the next word as their value
+
+# What the spinner says while each slow command runs (stderr a terminal, no -q).
+PROGRESS = {
+    "init": "setting up the project…", "verify": "verifying…", "report": "building the report…",
+    "gate": "judging the candidate…", "predict": "scoring…", "drift": "checking for drift…",
+    "release": "releasing…", "rollback": "rolling back…", "get": "fetching…",
+    "gc": "collecting garbage…", "site": "writing the registry page…", "bom": "writing the bill of materials…",
+}
+
+_OWN_LOGGING = frozenset(("serve",))  # commands whose --log-level -v leaves alone
+_HANDLER_MARK = "_modelshelf_cli"  # on the stderr handler -v adds, so a second main() replaces it
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand's name: the first word that is neither a flag nor a global flag's value."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in _VALUED:
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def _log_to_stderr(verbose: int, command: str | None = None) -> None:
+    """With ``-v``/``-vv``: the ``modelshelf`` loggers' INFO/DEBUG records on stderr (one
+    handler however often this runs).  Not for a command that sets up logging itself
+    (``shelf serve --log-level``): its records would show twice."""
+    if command in _OWN_LOGGING:
+        verbose = 0
+    if not verbose and "logging" not in sys.modules:
+        return  # nothing to undo, and logging is not imported for nothing
+    import logging
+
+    class Handler(logging.StreamHandler):  # type: ignore[type-arg]
+        """A stream handler writing to whatever ``sys.stderr`` is when a record comes (the
+        spinner's stream while it spins)."""
+
+        @property  # type: ignore[override]
+        def stream(self) -> Any:
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, _value: Any) -> None:
+            pass
+
+    logger = logging.getLogger("modelshelf")
+    for old in [h for h in logger.handlers if getattr(h, _HANDLER_MARK, False)]:
+        logger.removeHandler(old)
+    if not verbose:
+        return
+    handler = Handler()
+    handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+    setattr(handler, _HANDLER_MARK, True)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose == 1 else logging.DEBUG)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = next((a for a in argv if not a.startswith("-")), None)
+    command = _command(argv)
     if from_command_line and command in _WARM_STAGES and "--traceback" not in argv:
         from modelshelf.pipeline import warm  # standard library only: no heavy import here
 
@@ -159,9 +238,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().print_help()  # bare `shelf`: the help, as a usage error (exit 2)
         return ConfigError.exit_code
     args = build_parser(command).parse_args(argv)
+    if not hasattr(args, "handler"):  # only global flags: as a bare `shelf`
+        build_parser().print_help()
+        return ConfigError.exit_code
     traceback = getattr(args, "traceback", False)
+    verbose = getattr(args, "verbose", 0)
+    console.configure(quiet=getattr(args, "quiet", False), verbose=verbose,
+                      color=_COLOR[getattr(args, "color", "auto")])
+    _log_to_stderr(verbose, args.command)
     try:
-        status = args.handler(args)
+        if verbose:
+            _log_run(args, argv)
+        label = PROGRESS.get(args.command)
+        if label is None:
+            status = args.handler(args)
+        else:
+            with console.progress(label):  # stopped (and erased) before any error line below
+                status = args.handler(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
         return status
     except BrokenPipeError:
@@ -174,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ShelfError as exc:
         if traceback:
             _print_traceback()
-        print(f"shelf: error: {exc.message}", file=sys.stderr)
+        print(f"{console.style('shelf: error:', 'fail', sys.stderr)} {exc.message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("shelf: interrupted", file=sys.stderr)
@@ -182,9 +275,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line instead of a traceback
         if traceback:
             _print_traceback()
-        print(f"shelf: internal error: {type(exc).__name__}: {exc} (rerun with --traceback)",
-              file=sys.stderr)
+        print(f"{console.style('shelf: internal error:', 'fail', sys.stderr)} {type(exc).__name__}: {exc} "
+              "(rerun with --traceback)", file=sys.stderr)
         return 1
+
+
+def _log_run(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """With ``-v``: which command runs, and (``-vv``) the arguments it was given."""
+    import logging
+
+    log = logging.getLogger("modelshelf.cli")
+    log.info("running %s (modelshelf %s, Python %s)", args.command, __version__, sys.version.split()[0])
+    log.debug("arguments: %s", " ".join(argv))
 
 
 def _print_traceback() -> None:

@@ -49,6 +49,13 @@ class Verification:
     files: tuple[tuple[str, str], ...]
     dependencies: dict[str, tuple[str, str]]
 
+    def to_json(self) -> dict[str, Any]:
+        """What ``shelf verify --json`` prints."""
+        return {"name": self.name, "version": f"v{self.version}",
+                "files": [{"kind": kind, "file": file} for kind, file in self.files],
+                "dependencies": {dep: {"built": built, "running": running, "match": built == running}
+                                 for dep, (built, running) in self.dependencies.items()}}
+
 
 def verify(card_or_dir: str | Path, *, allow_version_mismatch: bool = False) -> Verification:
     """Check every artefact's sha256 and the scikit-learn version, without deserialising."""

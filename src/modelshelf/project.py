@@ -25,6 +25,13 @@ STAGES = ("prepare", "train", "evaluate", "gate", "serialise")
 MODEL_PATH = "models/model.joblib"
 _PLOTS = ("Confusion matrix", "ROC", "Precision-recall")
 _REGRESSION_PLOTS = ("Predicted vs actual", "Residuals")
+#: The plot entries of dvc.yaml that modelshelf writes, by task family (see :func:`_task_plots`).
+_FAMILY_PLOTS = {"classification": _PLOTS, "regression": _REGRESSION_PLOTS}
+# The comment line `shelf init` puts above the plots block, by task family.
+_PLOTS_COMMENT = {
+    "classification": "# Classification's plots (binary and multiclass); `shelf init` declares regression's instead.",
+    "regression": "# Regression's plots: predicted vs actual, residuals.",
+}
 # Regression's plots, in place of the template's (classification's): no confusion matrix, no curves.
 _REGRESSION_BLOCK = """plots:
   - Predicted vs actual:
@@ -171,6 +178,7 @@ class FileChange:
     after: str
     added: tuple[str, ...]  # what it adds, one item each: "stage prepare", "section data", "line /build/"
     generated: bool = False  # a generated file (the plots' page template): its diff is one line
+    removed: tuple[str, ...] = ()  # what it takes out: "plot ROC" (the other task's, after a change of task)
 
     def diff(self, root: Path) -> str:
         """The change as a unified diff, paths relative to ``root``."""
@@ -208,7 +216,9 @@ def init(path: str | Path, *, force: bool = False, dry_run: bool = False, prefix
     are appended to .gitignore and .dvcignore.  A missing file gets the template verbatim.
     Nothing of the project's is overwritten, reordered or re-formatted: modelshelf's text is
     inserted as blocks, so every byte of the project's own stays as it was.  What is already
-    there is skipped, so a second run adds nothing.
+    there is skipped, so a second run adds nothing.  The one exception is the plots: after a change
+    of task (``data.task`` or the data source), modelshelf's plot entries of the other task are
+    taken out and the current task's put in; a plot entry of the project's own is kept.
 
     Args:
         path: the project directory (created if missing).
@@ -234,9 +244,10 @@ def init(path: str | Path, *, force: bool = False, dry_run: bool = False, prefix
     tmpl = {name: templates.joinpath(name + ".template").read_text(encoding="utf-8") for name in TEMPLATE_FILES}
     params_before = _read(root / "params.yaml")
     user_params = _load(root / "params.yaml", params_before)
-    if _task_family(root, user_params) == "regression":
+    family = _task_family(root, user_params)
+    if family == "regression":
         tmpl["dvc.yaml"] = _regression_template(tmpl["dvc.yaml"])
-    changes = [c for c in (_merge_dvc_yaml(root / DVC_YAML, tmpl["dvc.yaml"], prefix, user_params),
+    changes = [c for c in (_merge_dvc_yaml(root / DVC_YAML, tmpl["dvc.yaml"], prefix, user_params, family),
                            _merge_params(root / "params.yaml", params_before, user_params, tmpl["params.yaml"]))
                if c is not None]
     setup = tuple(step for step, missing in (("git init", not (root / ".git").exists()),
@@ -401,7 +412,8 @@ def _stage_runs(spec: Any, stage: str) -> bool:
         return False
 
 
-def _merge_dvc_yaml(path: Path, template: str, prefix: str, user_params: Mapping[str, Any]) -> FileChange | None:
+def _merge_dvc_yaml(path: Path, template: str, prefix: str, user_params: Mapping[str, Any],
+                    family: str | None = None) -> FileChange | None:
     before = _read(path)
     if "paths" in user_params:
         raise ConfigError("params.yaml: paths", "your key clashes with modelshelf's dvc.yaml variable 'paths' "
@@ -411,7 +423,11 @@ def _merge_dvc_yaml(path: Path, template: str, prefix: str, user_params: Mapping
         plots = _REGRESSION_PLOTS if _REGRESSION_PLOTS[0] in template else _PLOTS
         return FileChange(path, None, text, (*(f"stage {prefix}{s}" for s in STAGES),
                                              "variables paths", *(f"plot {p}" for p in plots), "artifact model"))
+    original = before
+    before, removed = _drop_stale_plots(path, before, family)
     user = _load(path, before)
+    if "plots" in user and user["plots"] is None:  # every entry was the other task's: refilled below
+        del user["plots"]
     blocks = _blocks(path, before)
     tlines = _lines(template)
     tblocks = _blocks(path, template)
@@ -423,7 +439,7 @@ def _merge_dvc_yaml(path: Path, template: str, prefix: str, user_params: Mapping
     }
     labels = {"vars": "variables {}", "stages": "stage " + prefix + "{}", "plots": "plot {}", "artifacts": "artifact {}"}
     added = tuple(labels[k].format(name) for k, items in wanted.items() for name, _, _ in items)
-    if not added:
+    if not added and not removed:
         return None
     nl = "\r\n" if "\r\n" in before else "\n"
     lines = _lines(before)
@@ -455,7 +471,74 @@ def _merge_dvc_yaml(path: Path, template: str, prefix: str, user_params: Mapping
         lines += [nl, _HEADER[DVC_YAML].replace("\n", nl), *appended]
     after = "".join(lines)
     _check_kept(path, user, _load(path, after))
-    return FileChange(path, before, after, added)
+    return FileChange(path, original, after, added, removed=tuple(f"plot {name}" for name in removed))
+
+
+def _plot_files(spec: Any) -> list[str]:
+    """The data files a dvc.yaml plot definition reads (its ``x``/``y`` mappings' keys)."""
+    files: list[str] = []
+    if isinstance(spec, Mapping):
+        for axis in ("x", "y"):
+            if isinstance(spec.get(axis), Mapping):
+                files += [str(f) for f in spec[axis]]
+    return files
+
+
+def _drop_stale_plots(path: Path, text: str, family: str | None) -> tuple[str, tuple[str, ...]]:
+    """``text`` without modelshelf's plot entries of the other task family, and their names.
+
+    An entry is modelshelf's when it has the name of one of modelshelf's plots and reads only
+    files in the evaluate stage's ``--plots`` directory: a plot of the project's own (another
+    name, or its own files) is never touched.  The comment line ``shelf init`` wrote above the
+    block follows the task.  Nothing changes when the family is unknown.
+    """
+    if family not in _FAMILY_PLOTS:
+        return text, ()
+    stale = {name for fam, names in _FAMILY_PLOTS.items() if fam != family for name in names}
+    blocks = _blocks(path, text)
+    if "plots" not in blocks:
+        return text, ()
+    plots_dir = _evaluate_plots_dir(path.parent)
+    entries = _load(path, text).get("plots")
+    entries = entries if isinstance(entries, list) else []
+    block = blocks["plots"]
+    lines = _lines(text)
+    drop: list[tuple[int, int]] = []
+    removed: list[str] = []
+    for i, (name, first, last) in enumerate(block.items):
+        entry = entries[i] if i < len(entries) else None
+        if name not in stale or not isinstance(entry, Mapping) or len(entry) != 1:
+            continue
+        files = _plot_files(entry.get(name))
+        if not files or not all(_inside(f, plots_dir) for f in files):
+            continue
+        stop = last + 1
+        if i + 1 < len(block.items) and all(not line.strip() for line in lines[stop:block.items[i + 1][1]]):
+            stop = block.items[i + 1][1]  # the blank lines between it and the next entry go with it
+        drop.append((first, stop))
+        removed.append(name)
+    if not drop:
+        return text, ()
+    for first, stop in reversed(drop):
+        del lines[first:stop]
+    at = block.first - 1
+    if at >= 0 and lines[at].rstrip("\r\n") in _PLOTS_COMMENT.values():
+        lines[at] = _PLOTS_COMMENT[family] + lines[at][len(lines[at].rstrip("\r\n")):]
+    return "".join(lines), tuple(removed)
+
+
+def _evaluate_plots_dir(root: Path) -> str:
+    """The evaluate stage's ``--plots`` directory (root-relative, POSIX), else the template's."""
+    try:
+        found = stage_options(root, "evaluate").get("plots")
+    except ConfigError:
+        found = None
+    return Path(os.path.normpath(found or "metrics/plots")).as_posix()
+
+
+def _inside(file: str, directory: str) -> bool:
+    rel = Path(os.path.normpath(file)).as_posix()
+    return rel.startswith(directory.rstrip("/") + "/")
 
 
 def _merge_params(path: Path, before: str | None, user: Mapping[str, Any], template: str) -> FileChange | None:
@@ -575,19 +658,20 @@ def _append_lines(path: Path, wanted: tuple[str, ...]) -> FileChange | None:
     return FileChange(path, before, text + "".join(m + nl for m in missing), tuple(f"line {m}" for m in missing))
 
 
-def _task_family(root: Path, user_params: Mapping[str, Any]) -> str:
-    """``regression`` or ``classification``: the prepared schema's task, else ``data.task``, else
-    the data source's target as the prepare stage infers it; classification when unknown."""
+def _task_family(root: Path, user_params: Mapping[str, Any]) -> str | None:
+    """``regression`` or ``classification``, as params.yaml says now: an explicit ``data.task``,
+    else the data source's target as the prepare stage would infer it, else (no readable data)
+    the prepared schema's task; None when none of them tells.
+
+    params.yaml comes before the prepared schema: after a change of task the schema is stale
+    until the next ``dvc repro``, and ``shelf init`` is rerun precisely then.
+    """
     import json
 
     data = user_params.get("data") if isinstance(user_params.get("data"), Mapping) else {}
-    try:
-        schema = root / stage_options(root, "prepare").get("out", "data/prepared") / "schema.json"
-        task = json.loads(schema.read_text(encoding="utf-8"))["task"]
-    except (ConfigError, OSError, ValueError, KeyError, TypeError):
-        task = data.get("task", "auto") if isinstance(data, Mapping) else "auto"
-    if task in ("regression", "binary", "multiclass", "classification"):
-        return "regression" if task == "regression" else "classification"
+    task = data.get("task", "auto") if isinstance(data, Mapping) else "auto"
+    if task in ("regression", "classification"):
+        return str(task)
     try:
         from modelshelf.params import parse_params
         from modelshelf.pipeline import data as datasets
@@ -596,8 +680,16 @@ def _task_family(root: Path, user_params: Mapping[str, Any]) -> str:
         frame = datasets.load_source(params, root).frame
         return "regression" if datasets.infer_task(frame[params.target], params.task) == "regression" \
             else "classification"
-    except Exception:  # noqa: BLE001 - no data yet (or none readable): the template's classification plots
-        return "classification"
+    except Exception:  # noqa: BLE001 - no data yet (or none readable): the last prepared schema's
+        pass
+    try:
+        schema = root / stage_options(root, "prepare").get("out", "data/prepared") / "schema.json"
+        task = json.loads(schema.read_text(encoding="utf-8"))["task"]
+    except (ConfigError, OSError, ValueError, KeyError, TypeError):
+        return None
+    if task in ("regression", "binary", "multiclass"):
+        return "regression" if task == "regression" else "classification"
+    return None
 
 
 def _regression_template(template: str) -> str:
@@ -605,8 +697,8 @@ def _regression_template(template: str) -> str:
     start = template.index("\nplots:\n") + 1
     end = template.index("\nartifacts:", start)
     head = template[:start]
-    if head.endswith("instead.\n"):  # the comment line above the block names the other task
-        head = head[:head.rstrip("\n").rfind("\n") + 1] + "# Regression's plots: predicted vs actual, residuals.\n"
+    if head.endswith(_PLOTS_COMMENT["classification"] + "\n"):  # the comment above names the other task
+        head = head[:head.rstrip("\n").rfind("\n") + 1] + _PLOTS_COMMENT["regression"] + "\n"
     return head + _REGRESSION_BLOCK + template[end:]
 
 

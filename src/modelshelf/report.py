@@ -7,6 +7,7 @@ uses, so the report and the pipeline can never disagree.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,24 @@ from modelshelf.params import load_params, parse_params
 from modelshelf.tags import SemVer
 
 MARKER = "<!-- modelshelf-report -->"
+#: The plots the report draws (kinds of :data:`modelshelf.charts.TASK_PLOTS`), by task family:
+#: one file each, ``KIND.png``.
+PLOT_KINDS = {"classification": ("confusion", "roc"), "regression": ("fit", "residuals")}
+
+
+@dataclass(frozen=True)
+class PlotFile:
+    """One PNG the report wrote: its kind (``confusion``, ``roc``, ``fit``, ``residuals``),
+    title and path (under the directory given to :func:`build`, as given)."""
+
+    kind: str
+    title: str
+    path: Path
+
+    def link(self, relative_to: Path | None = None) -> str:
+        """The path as markdown links it: as given, or relative to ``relative_to``, POSIX."""
+        path = self.path if relative_to is None else Path(os.path.relpath(self.path, relative_to))
+        return path.as_posix()
 
 
 @dataclass(frozen=True)
@@ -32,6 +51,7 @@ class Report:
     size: tuple[int | None, int | None]
     dataset: dict[str, tuple[Any, Any]]
     metrics_base: dict[str, float]
+    plots: tuple[PlotFile, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -45,9 +65,15 @@ class Report:
             "release": {"version": self.version, "reason": self.version_reason},
             "model_bytes": {"old": self.size[0], "new": self.size[1]},
             "dataset": {k: {"old": a, "new": b} for k, a, b in _rows(self.dataset)},
+            "plots": [{"kind": f.kind, "title": f.title, "path": f.path.as_posix()} for f in self.plots],
         }
 
-    def markdown(self) -> str:
+    def markdown(self, relative_to: Path | None = None) -> str:
+        """The report as markdown, headed by the sticky-comment marker.
+
+        The plots (if :func:`build` wrote any) are images linked by their paths as given, or
+        relative to ``relative_to``: the directory the markdown is written in.
+        """
         verdict = "✓ passes the gate" if self.passed else "✗ fails the gate"
         title = f"v{self.version}" if self.version else "candidate"
         base_label = f"{self.base} `{(self.base_commit or '')[:7]}`" if self.base_commit else self.base
@@ -86,14 +112,27 @@ class Report:
         lines.append(f"**Model size:** {_bytes(old)} → {_bytes(new)}{_pct(old, new)}")
         lines.append("**Dataset:** " + (", ".join(f"{k} {_val(a)} → {_val(b)}" for k, a, b in _rows(self.dataset))
                                         or "unchanged"))
+        if self.plots:
+            lines += ["", "**Candidate plots:**", "",
+                      " ".join(f"![{f.title}]({_link_target(f.link(relative_to))})" for f in self.plots)]
         return "\n".join(lines) + "\n"
 
-    def text(self) -> str:
-        return self.markdown().replace(MARKER + "\n", "")
+    def text(self, relative_to: Path | None = None) -> str:
+        """:meth:`markdown` without the marker."""
+        return self.markdown(relative_to).replace(MARKER + "\n", "")
 
 
-def build(root: Path, base: str = "main") -> Report:
-    """Judge the workspace candidate of the project at ``root`` against revision ``base``."""
+def build(root: Path, base: str = "main", plots: Path | None = None) -> Report:
+    """Judge the workspace candidate of the project at ``root`` against revision ``base``.
+
+    With ``plots`` (a directory, created if missing), also render the candidate's plots from the
+    evaluate stage's plot data to PNG there, one ``KIND.png`` each (:data:`PLOT_KINDS`): the
+    confusion matrix and ROC of a classifier, predicted vs actual and the residuals of a
+    regressor.  ``KIND.png`` files of the other task's kinds there are removed.
+
+    Raises:
+        ConfigError: no candidate metrics, or (with ``plots``) no plot data to draw.
+    """
     from modelshelf.pipeline import baseline as baselines
     from modelshelf.project import candidate_dir, stage_options
     from modelshelf.registry.core import Workspace, open_registry
@@ -140,8 +179,58 @@ def build(root: Path, base: str = "main") -> Report:
         b = (card or {}).get("dataset", {}).get(key)
         if a != b:
             dataset[key] = (a, b)
+    drawn = write_plots(ws.root, task, plots) if plots is not None else ()
     return Report(base, base_commit, same, result, params_changed, version, reason, size, dataset,
-                  dict(baseline.metrics or {}))
+                  dict(baseline.metrics or {}), drawn)
+
+
+def write_plots(root: Path, task: str, out: Path) -> tuple[PlotFile, ...]:
+    """Render the candidate's plots of ``task`` (:data:`PLOT_KINDS`) to ``out/KIND.png``, from the
+    plot data the evaluate stage of the project at ``root`` wrote (its ``--plots`` directory).
+
+    The Vega-Lite specs are :func:`modelshelf.charts.task_specs`' (those of ``dvc plots``' data).
+
+    Raises:
+        ConfigError: no plot data for the task (the pipeline has not run, or an older evaluate).
+    """
+    from modelshelf import artefacts, charts
+    from modelshelf.project import stage_options
+
+    family = "regression" if task == "regression" else "classification"
+    try:
+        data_rel = stage_options(root, "evaluate").get("plots") or "metrics/plots"
+    except ConfigError:
+        data_rel = "metrics/plots"
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for _, stem, _ in charts.TASK_PLOTS[family]:
+        try:
+            found = json.loads((root / data_rel / f"{stem}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(found, list):
+            rows[stem] = found
+    specs = charts.task_specs(rows, task, PLOT_KINDS[family])
+    if not specs:
+        raise ConfigError(f"{data_rel}/", f"no plot data of the {task} candidate to draw",
+                          "run `dvc repro` (or `dvc pull`) first")
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[PlotFile] = []
+    for kind, (title, spec) in specs.items():
+        path = out / f"{kind}.png"
+        png = charts.to_png(spec)
+        with artefacts.atomic_output(path, "wb") as fh:
+            fh.write(png)
+        written.append(PlotFile(kind, title, path))
+    for kind in {k for kinds in PLOT_KINDS.values() for k in kinds} - set(specs):
+        (out / f"{kind}.png").unlink(missing_ok=True)  # another task's (or a run's without that data)
+    return tuple(written)
+
+
+def _link_target(path: str) -> str:
+    """``path`` as a markdown link destination: percent-encoded (spaces, parentheses, …)."""
+    from urllib.parse import quote
+
+    return quote(path, safe="/")
 
 
 def _release_version(card: dict[str, Any] | None, base_card: dict[str, Any] | None,

@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 Handler = Callable[[argparse.Namespace], int]
 Add = Callable[[str, Handler, str], argparse.ArgumentParser]
 
-GROUPS = ("pipeline", "serving", "registry", "provenance")  # the modules here, in the order of ``shelf --help``
+# The modules here, in the order of ``shelf --help``.
+GROUPS = ("pipeline", "serving", "registry", "provenance", "shell")
 # Which module registers each subcommand, so ``shelf COMMAND`` imports only that one (``shelf
 # serve`` is timed to its first answer); tests/test_cli.py checks it against the registrations.
 GROUP_OF = {
@@ -22,6 +23,7 @@ GROUP_OF = {
     **dict.fromkeys(("serve", "predict", "drift"), "serving"),
     **dict.fromkeys(("release", "versions", "diff", "promote", "deprecate", "rollback", "get", "gc", "site"), "registry"),
     **dict.fromkeys(("bom", "env", "keygen"), "provenance"),
+    "completion": "shell",
 }
 
 

@@ -268,6 +268,13 @@ class Serialised:
     model_path: Path
     card_path: Path
 
+    def to_json(self) -> dict[str, Any]:
+        """What ``shelf serialise --json`` prints: the version written and where."""
+        c = self.card
+        return {"serialised": True, "name": c["name"], "version": f"v{c['version']}",
+                "version_bump": c.get("version_bump"), "model": str(self.model_path),
+                "sha256": c["artefacts"]["model"]["sha256"], "card": str(self.card_path)}
+
 
 def serialise(params_path: Path, prepared: Path, candidate: Path, metrics_path: Path,
               gate_path: Path, out: Path, profile_path: Path | None = None, *,

@@ -156,6 +156,11 @@ class Assignment:
     kind: str = "assign"     # "assign" or "unassign"
     at: SemVer | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        """The event as ``shelf promote --json`` and ``shelf rollback --stage --json`` print it."""
+        return {"stage": self.stage, "version": None if self.version is None else f"v{self.version}",
+                "tag": self.tag, "commit": self.commit, "kind": self.kind, "number": self.number}
+
 
 @dataclass(frozen=True)
 class Registry:

@@ -51,6 +51,13 @@ class GcReport:
                 for name in self.unfetched]
         return [head, *warn, *(c.line(self.dry) for c in self.collected)]
 
+    def to_json(self) -> dict[str, Any]:
+        """What ``shelf gc --json`` prints."""
+        return {"dry": self.dry, "kept_revisions": self.kept_revisions, "fetched": list(self.fetched),
+                "unfetched": list(self.unfetched),
+                "collected": [{"location": c.location, "path": c.path, "objects": c.objects, "bytes": c.bytes}
+                              for c in self.collected]}
+
 
 def gc(start: str | Path = ".", *, cloud: bool = False, dvc_remote: str | None = None,
        dry: bool = False) -> GcReport:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from modelshelf import tags
 from modelshelf.errors import ConfigError, GateFailed, GitError, ReleaseRefused, RemoteError
@@ -50,6 +51,10 @@ class Promoted(Assignment):
     already: bool = False
     resumed: bool = False
     notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The assignment, whether it was already in place or resumed, and the notes."""
+        return {**super().to_json(), "already": self.already, "resumed": self.resumed, "notes": list(self.notes)}
 
 
 def _binding_problem(ws: Workspace, rel: Release) -> str | None:

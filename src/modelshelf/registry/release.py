@@ -453,6 +453,13 @@ class Released:
     resumed: bool = False
     notes: tuple[str, ...] = ()
 
+    def to_json(self) -> dict[str, Any]:
+        """What ``shelf release --json`` prints."""
+        return {"tag": self.tag, "version": f"v{self.version}", "commit": self.commit, "pushed": self.pushed,
+                "already": self.already, "resumed": self.resumed,
+                "renumbered_from": None if self.renumbered_from is None else f"v{self.renumbered_from}",
+                "notes": list(self.notes)}
+
 
 # --- renumbering ----------------------------------------------------------------------------
 

@@ -35,6 +35,12 @@ class Restored:
     source: str   # "cache" or "remote"
     card: dict[str, Any]
 
+    def to_json(self) -> dict[str, Any]:
+        """What ``shelf get --json`` and ``shelf rollback --json`` print (the card aside)."""
+        model = self.card.get("artefacts", {}).get("model", {})
+        return {"name": self.card.get("name"), "version": f"v{self.version}", "directory": str(self.directory),
+                "source": self.source, "sha256": model.get("sha256")}
+
 
 @dataclass(frozen=True)
 class Fetched:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from modelshelf import artefacts
 from modelshelf.errors import DataError
@@ -14,14 +14,23 @@ from modelshelf.params import suggest
 
 @dataclass(frozen=True)
 class Scored:
+    """What :func:`predict_csv` scored: the model version, the rows, and the file written
+    (None when the CSV went to a stream)."""
+
     version: str
     rows: int
-    output: Path
+    output: Path | None
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``shelf predict --json`` prints."""
+        return {"version": f"v{self.version}", "rows": self.rows,
+                "output": None if self.output is None else str(self.output)}
 
 
-def predict_csv(spec: str, source: Path, output: Path, *, repo: Path = Path("."),
+def predict_csv(spec: str, source: Path, output: Path | TextIO, *, repo: Path = Path("."),
                 allow_version_mismatch: bool = False) -> Scored:
-    """Score ``source`` with the model ``spec`` names; write ``output`` atomically.
+    """Score ``source`` with the model ``spec`` names; write ``output`` atomically, or write
+    the CSV to ``output`` when it is a text stream (``shelf predict -o -``: standard output).
 
     When the card's input schema names an ID column (``data.id``) and ``source`` has it, the
     output's first column is that ID, row for row, read as text (leading zeros kept)."""
@@ -77,5 +86,10 @@ def predict_csv(spec: str, source: Path, output: Path, *, repo: Path = Path(".")
             raise DataError(str(source), f"the ID column '{id_name}' has the name of an output column",
                             "rename the ID column (data.id) and retrain")
         out.insert(0, id_name, frame[id_name].to_numpy())
-    artefacts.write_text(output, out.to_csv(index=False))
-    return Scored(loaded.version, len(frame), output)
+    text = out.to_csv(index=False)
+    if not hasattr(output, "write"):
+        artefacts.write_text(Path(output), text)
+        return Scored(loaded.version, len(frame), Path(output))
+    output.write(text)
+    output.flush()
+    return Scored(loaded.version, len(frame), None)
