@@ -293,7 +293,9 @@ print(json.dumps({**seen, "code": code}))
 # Not on the serving path: pickle and its libraries (ONNX is served), the registry and DVC (a
 # directory is served), and modules that only cost start-up time.
 NOT_IMPORTED = ("joblib", "sklearn", "pandas", "scipy", "dvc", "modelshelf.model", "modelshelf.registry",
-                "asyncio", "pathlib", "tempfile", "shutil", "hashlib", "uvloop", "rich", "vl_convert")
+                "asyncio", "pathlib", "tempfile", "shutil", "hashlib", "uvloop", "rich", "vl_convert",
+                "modelshelf.serve.predlog", "modelshelf.serve.canary", "modelshelf.serve.compare",
+                "modelshelf.serve.workers")
 
 
 def test_start_up_collects_nothing_and_imports_only_what_serving_needs(

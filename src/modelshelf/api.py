@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pathlib too: the serving path, which imports this module, d
     from pathlib import Path
 
     from modelshelf.drift.core import check as drift
+    from modelshelf.drift.core import check_log as drift_log
     from modelshelf.errors import (ConfigError, DataError, DriftDetected, GateFailed, GitError, IntegrityError,
                                    ReleaseRefused, RemoteError, SchemaBreak, ShelfError, VersionMismatchError)
     from modelshelf.model import load, locate, verify
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # pathlib too: the serving path, which imports this module, d
     from modelshelf.registry.site import build as site
     from modelshelf.report import build as report
     from modelshelf.serve.batch import predict_csv as predict
+    from modelshelf.serve.compare import compare as canary_report
 
 # name → "module:attribute", in the order of the reference (docs/api.md), by concern.
 _EXPORTS: dict[str, str] = {
@@ -81,6 +83,8 @@ _EXPORTS: dict[str, str] = {
     "predict": "modelshelf.serve.batch:predict_csv",
     # drift
     "drift": "modelshelf.drift.core:check",
+    "drift_log": "modelshelf.drift.core:check_log",
+    "canary_report": "modelshelf.serve.compare:compare",
     # the exception tree (one exit code per class)
     **{name: f"modelshelf.errors:{name}" for name in (
         "ShelfError", "ConfigError", "DataError", "GateFailed", "IntegrityError", "VersionMismatchError",

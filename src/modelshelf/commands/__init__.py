@@ -20,7 +20,7 @@ GROUPS = ("pipeline", "serving", "registry", "provenance", "shell")
 GROUP_OF = {
     **dict.fromkeys(("init", "prepare", "train", "evaluate", "gate", "serialise", "verify", "show", "report"),
                     "pipeline"),
-    **dict.fromkeys(("serve", "predict", "drift"), "serving"),
+    **dict.fromkeys(("serve", "predict", "drift", "canary"), "serving"),
     **dict.fromkeys(("release", "versions", "diff", "promote", "deprecate", "rollback", "get", "gc", "site"), "registry"),
     **dict.fromkeys(("bom", "env", "keygen"), "provenance"),
     "completion": "shell",

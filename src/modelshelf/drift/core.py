@@ -176,3 +176,57 @@ def _finite(v: float) -> float | None:
     import math
 
     return v if math.isfinite(v) else None
+
+
+def check_log(start: str | Path, directory: str | Path, spec: str | None = None, *,
+              thresholds: DriftParams | None = None, predictions: bool = True) -> DriftReport:
+    """Compare served traffic, as ``shelf serve --log-predictions DIR`` recorded it, with the
+    training profile of ``spec`` (default: the version that answered the newest record).
+
+    Args:
+        start: a path inside the project.
+        directory: the prediction log's directory.
+        spec: vX.Y.Z, latest or a stage; None for the version in the newest record.
+        thresholds: the drift thresholds (default: ``drift`` in params.yaml).
+        predictions: also compare the model's predictions on the traffic with the training ones.
+
+    Returns:
+        The report, its ``source`` naming the log and the number of requests and rows read.
+
+    Raises:
+        DataError: the directory holds no readable record, or the records do not fit the schema.
+    """
+    import pandas as pd
+
+    from modelshelf.params import load_params
+    from modelshelf.project import find_root
+    from modelshelf.serve.predlog import read
+
+    where = Path(directory)
+    if not where.is_dir():
+        raise DataError(str(where), "not a directory", "give the DIR of `shelf serve --log-predictions DIR`")
+    records = read(str(where))
+    if not records:
+        raise DataError(str(where), "no prediction log records",
+                        "serve with `--log-predictions DIR` and send some traffic first")
+    if spec is None:
+        spec = f"v{records[-1]['version']}"
+    frames = []
+    for i, rec in enumerate(records):
+        req = rec.get("request")
+        if isinstance(req, dict) and isinstance(req.get("rows"), list):
+            frames.append(pd.DataFrame.from_records(req["rows"]))
+        elif isinstance(req, dict) and isinstance(req.get("columns"), dict):
+            frames.append(pd.DataFrame(req["columns"]))
+        else:
+            raise DataError(str(where), f"record {i + 1} holds no rows or columns", "check the log's files")
+    frame = pd.concat(frames, ignore_index=True)
+    ref = reference(start, spec)
+    schema = ref.card["input_schema"]
+    cats = [f["name"] for f in schema["features"] if f["kind"] == "categorical" and f["name"] in frame.columns]
+    frame = frame.astype({k: object for k in cats})
+    if thresholds is None:
+        thresholds = load_params(find_root(start) / "params.yaml").drift
+    versions = sorted({str(r.get("version")) for r in records})
+    source = Path(f"{where} ({len(records)} requests, {len(frame)} rows, served by v{', v'.join(versions)})")
+    return _compared(start, ref, schema, frame, thresholds, predictions, source)

@@ -59,32 +59,40 @@ class App:
         self.max_body = max_body
         self.metrics = Metrics()
         self.reload_hook = reload_hook
+        self.predictions: Any = None  # a serve.predlog.PredictionLog with --log-predictions
+        self.split: Any = None  # a serve.canary.Split with --canary or --shadow
+        self.key_header = b""  # the lower-case header whose value routes a canary (connection.py reads it)
         self.lifespan_startup: list[Callable[[], None]] = []
         self.lifespan_shutdown: list[Callable[[], None]] = []
         # One large body decoded and checked at a time: that work holds the GIL in steps of
         # about a millisecond, and two threads taking turns at it keep the loop waiting longer.
         self._decoding = threading.Lock()
 
-    def handle(self, method: str, path: str, body: bytes, authorization: bytes = b"") -> Reply | Later:
+    def handle(self, method: str, path: str, body: bytes, authorization: bytes = b"", key: bytes = b"") -> Reply | Later:
         """The answer to one request: a reply (a tuple) now, or a function that makes it, to
-        call outside the server's loop.  HEAD is answered as GET (the transport drops the body)."""
+        call outside the server's loop.  HEAD is answered as GET (the transport drops the body).
+        ``key``: the value of the canary's routing header, if the request has it."""
         start = time.perf_counter()
         try:
             if path == "/predict" and method == "POST":
                 loaded = self.holder.current  # read once: this request finishes on this version
                 if loaded is None:
                     return self._done(path, start, (503, JSON, NO_MODEL))
+                if self.split is not None and not self.split.shadow:
+                    loaded = self.split.choose(loaded, key or body)
                 if len(body) > INLINE_BODY:
-                    return self._later(path, start, lambda: self._predict_large(loaded, body))
+                    return self._later(path, start, lambda: self._predict_large(loaded, body), (loaded, body))
                 data = loads(body)
                 out = loaded.one_row.predict(data, body) if loaded.one_row is not None else None
                 rows = 1
                 if out is None:
                     batch = loaded.parser.batch(data, body)
                     if batch.n > INLINE_ROWS:
-                        return self._later(path, start, lambda: self._predict(loaded, batch))
+                        return self._later(path, start, lambda: self._predict(loaded, batch), (loaded, body))
                     out, rows = loaded.runner.predict(batch), batch.n
                 reply = 200, JSON, orjson.dumps({"model": loaded.name, "version": loaded.version, **out})
+                if self.predictions is not None:
+                    self._logged(loaded, body, reply[2], time.perf_counter() - start)
                 return self._done(path, start, reply, rows)
             if path == "/admin/reload" and method == "POST":
                 refused = self._refuse(authorization)  # here: no worker thread for a stranger
@@ -129,7 +137,10 @@ class App:
         self.metrics.observe(known, reply[0], time.perf_counter() - start, rows)
         return reply
 
-    def _later(self, path: str, start: float, work: Callable[[], tuple[Reply, int]]) -> Later:
+    def _later(self, path: str, start: float, work: Callable[[], tuple[Reply, int]],
+               logged: tuple[Any, bytes] | None = None) -> Later:
+        """``work`` as a function for a worker thread; ``logged`` (the version and the request's
+        body) goes to the prediction log when the answer is a 200."""
         def later() -> Reply:
             try:
                 reply, rows = work()
@@ -138,9 +149,22 @@ class App:
             except Exception as exc:  # noqa: BLE001
                 log.exception("POST %s failed", path)
                 reply, rows = _internal(exc), 0
+            if logged is not None and self.predictions is not None and reply[0] == 200:
+                self._logged(*logged, reply[2], time.perf_counter() - start)
             return self._done(path, start, reply, rows)
 
         return later
+
+    def _logged(self, loaded: Any, body: bytes, answer: bytes, seconds: float) -> None:
+        """An answered /predict to the prediction log: through the shadow (which adds its own
+        answer), with its role beside a canary, or as it is."""
+        split = self.split
+        if split is None:
+            self.predictions.record(loaded.name, loaded.version, body, answer, seconds)
+        elif split.shadow:
+            split.mirror(loaded, body, answer, seconds)
+        else:
+            self.predictions.record(loaded.name, loaded.version, body, answer, seconds, split.role(loaded))
 
     @staticmethod
     def _predict(loaded: Any, batch: Any) -> tuple[Reply, int]:
@@ -186,9 +210,15 @@ class App:
                 return 200, JSON, PONG
             if path == "/health":
                 state = "ok" if not h.error else "degraded"
-                return 200, JSON, orjson.dumps({"status": state, "version": cur.version if cur else None,
-                                                "format": cur.format if cur else None, "following": h.spec,
-                                                "error": h.error or None})
+                health = {"status": state, "version": cur.version if cur else None,
+                          "format": cur.format if cur else None, "following": h.spec, "error": h.error or None}
+                if self.predictions is not None:
+                    pl = self.predictions
+                    health["prediction_log"] = {"directory": pl.directory, "sample": pl.sample,
+                                                "written": pl.written, "dropped": pl.dropped}
+                if self.split is not None:
+                    health["candidate"] = self.split.health()
+                return 200, JSON, orjson.dumps(health)
             if path == "/ready":
                 if cur is None:
                     return 503, JSON, b'{"ready":false}'
@@ -228,8 +258,9 @@ class App:
         except BadRequest as exc:
             reply: Reply = self._done(path, time.perf_counter(), (exc.status, JSON, orjson.dumps(exc.body())))
         else:
-            auth = dict(scope.get("headers") or []).get(b"authorization", b"")
-            result = self.handle("GET" if method == "HEAD" else method, path, body, auth)
+            headers = dict(scope.get("headers") or [])
+            result = self.handle("GET" if method == "HEAD" else method, path, body,
+                                 headers.get(b"authorization", b""), headers.get(self.key_header, b""))
             if isinstance(result, tuple):
                 reply = result
             else:

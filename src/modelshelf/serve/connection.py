@@ -99,12 +99,12 @@ class _Stop(Exception):
 class Request:
     """A parsed request whose answer waits for those ahead of it (or for the client to read)."""
 
-    __slots__ = ("method", "path", "body", "authorization", "close", "head_only", "started")
+    __slots__ = ("method", "path", "body", "authorization", "close", "head_only", "started", "key")
 
     def __init__(self, method: str, path: str, body: bytes, authorization: bytes, close: bool,
-                 head_only: bool, started: float) -> None:
+                 head_only: bool, started: float, key: bytes = b"") -> None:
         self.method, self.path, self.body, self.authorization = method, path, body, authorization
-        self.close, self.head_only, self.started = close, head_only, started
+        self.close, self.head_only, self.started, self.key = close, head_only, started, key
 
 
 class Pending:
@@ -163,6 +163,7 @@ class Connection:
         self.head_size = 0  # head bytes the callbacks saw (canonical spacing)
         self.head_raw = 0  # head bytes fed while the head was incomplete (all spacing, per SLICE)
         self.authorization = b""
+        self.key = b""  # the canary's routing header (App.key_header), when it has one
         self.expect_continue = False
         self.body: list[bytes] = []
         self.body_size = 0
@@ -348,6 +349,8 @@ class Connection:
         lower = name.lower()
         if lower == b"authorization":
             self.authorization = value
+        elif lower == self.app.key_header:
+            self.key = value
         elif lower == b"expect" and value.lower() == b"100-continue":
             self.expect_continue = True
         elif lower == b"content-length" and value.strip().isdigit() and int(value) > self.app.max_body:
@@ -382,9 +385,10 @@ class Connection:
         head_only = method == b"HEAD"  # answered as GET, without the body
         name = "GET" if head_only else method.decode("latin-1")
         if self.queue or len(self.out) > HIGH_WATER:  # answered when those ahead are sent
-            self.queue.append(Request(name, path, body, self.authorization, close, head_only, self.started))
+            self.queue.append(Request(name, path, body, self.authorization, close, head_only, self.started,
+                                      self.key))
             return
-        result = self.app.handle(name, path, body, self.authorization)
+        result = self.app.handle(name, path, body, self.authorization, self.key)
         if type(result) is tuple and not head_only:  # the common case, inline
             status, ctype, data = result  # type: ignore[misc]
             self._write((_head(status, ctype, len(data), close) if status != 405
@@ -392,12 +396,13 @@ class Connection:
             if self.server.access is not None:
                 self._log(name, path, status, len(data), self.started)
         else:
-            self._answered(Request(name, path, body, self.authorization, close, head_only, self.started), result)
+            self._answered(Request(name, path, body, self.authorization, close, head_only, self.started, self.key),
+                           result)
 
     # -- answers ---------------------------------------------------------------------------------
 
     def _answer(self, r: Request) -> None:
-        self._answered(r, self.app.handle(r.method, r.path, r.body, r.authorization))
+        self._answered(r, self.app.handle(r.method, r.path, r.body, r.authorization, r.key))
 
     def _answered(self, r: Request, result: Reply | Callable[[], Reply]) -> None:
         if type(result) is tuple:

@@ -84,21 +84,37 @@ class Holder:
                 if first:
                     raise  # a bug: the CLI says "internal error"
                 return self._refuse(f"{type(exc).__name__}: {exc}", reason, exc)
-            old = self.current
-            ms = (time.perf_counter() - started) * 1000
-            log.info("loaded %s v%s (%s; verified %s) from %s in %.0f ms", new.name, new.version, new.format,
-                     ", ".join(r["file"] for r in new.card["artefacts"].values()), directory, ms,
-                     extra={"model": new.name, "version": new.version, "format": new.format,
-                            "directory": str(directory), "load_ms": round(ms, 1), "reason": reason})
-            self.current = new
-            self.error = ""
-            if old is None:
-                return f"serving v{new.version} ({new.format})"
-            self.swaps += 1
-            log.info("swapped v%s → v%s (%s, %s)", old.version, new.version, new.format, reason,
-                     extra={"model": new.name, "version": new.version, "previous": old.version,
-                            "format": new.format, "reason": reason})
-            return f"serving v{new.version} ({new.format}), was v{old.version}"
+            _log_loaded(new, directory, started, reason)
+            return self._install(new, reason)
+
+    def prepare(self, directory: str | Path, card: dict[str, Any] | None) -> Loaded:
+        """Load and verify the version in ``directory`` without serving it (the first phase of a
+        swap that several processes make together; :meth:`install` is the second).
+
+        Raises:
+            ShelfError, OSError or any error of :func:`load`: the version cannot be served.
+        """
+        started = time.perf_counter()
+        new = load(directory, card=card, allow_version_mismatch=self.allow_version_mismatch, max_rows=self.max_rows)
+        _log_loaded(new, directory, started, "prepare")
+        return new
+
+    def install(self, new: Loaded, reason: str) -> str:
+        """Serve ``new`` (from :meth:`prepare`) from now on; returns what happened, as :meth:`reload`."""
+        with self._lock:
+            return self._install(new, reason)
+
+    def _install(self, new: Loaded, reason: str) -> str:
+        old = self.current
+        self.current = new
+        self.error = ""
+        if old is None:
+            return f"serving v{new.version} ({new.format})"
+        self.swaps += 1
+        log.info("swapped v%s → v%s (%s, %s)", old.version, new.version, new.format, reason,
+                 extra={"model": new.name, "version": new.version, "previous": old.version,
+                        "format": new.format, "reason": reason})
+        return f"serving v{new.version} ({new.format}), was v{old.version}"
 
     def _unchanged(self, reason: str) -> str:
         assert self.current is not None
@@ -123,6 +139,20 @@ class Holder:
                     extra={"version": self.current.version, "reason": reason})
         return error
 
+    def resolve(self) -> tuple[str | Path, dict[str, Any]]:
+        """What ``spec`` names now: the directory to load and the card to verify it against
+        (for a directory, its card as read now, so every process verifies against the same one).
+
+        Raises:
+            ShelfError or OSError: as :meth:`reload` on the first load.
+        """
+        directory, card = self._resolve()
+        if card is None:
+            from modelshelf.card import read_card
+
+            card = read_card(directory)
+        return directory, card
+
     def _resolve(self) -> tuple[str | Path, dict[str, Any] | None]:
         """The directory to load and, for a release, the card at its tag (read from git): the
         only card its bytes are verified against.  A directory brings its own card (None here)."""
@@ -141,6 +171,14 @@ class Holder:
         assert self.current is not None
         return (str(card["version"]) == self.current.version
                 and card["artefacts"] == self.current.card["artefacts"])
+
+
+def _log_loaded(new: Loaded, directory: str | Path, started: float, reason: str) -> None:
+    ms = (time.perf_counter() - started) * 1000
+    log.info("loaded %s v%s (%s; verified %s) from %s in %.0f ms", new.name, new.version, new.format,
+             ", ".join(r["file"] for r in new.card["artefacts"].values()), directory, ms,
+             extra={"model": new.name, "version": new.version, "format": new.format,
+                    "directory": str(directory), "load_ms": round(ms, 1), "reason": reason})
 
 
 def _os_error(exc: OSError, spec: str) -> ShelfError:

@@ -20,17 +20,28 @@ from modelshelf.serve.holder import POLL, Holder
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from modelshelf.serve.canary import Split
+    from modelshelf.serve.predlog import PredictionLog
+
 log = logging.getLogger("modelshelf.serve")
 ADMIN = "POST /admin/reload"
 
 
 def build(spec: str, *, repo: str | Path = ".", admin_token: str | None = None, poll: float = 10.0,
-          max_rows: int = 10_000, max_body: int = 8 << 20, allow_version_mismatch: bool = False) -> App:
+          max_rows: int = 10_000, max_body: int = 8 << 20, allow_version_mismatch: bool = False,
+          predictions: PredictionLog | None = None, follow: bool = True, app_class: type[App] = App,
+          split: Split | None = None) -> App:
     """An app serving ``spec`` (a path, ``vX.Y.Z``, ``latest`` or a stage), loaded and verified now.
+
+    With ``predictions``, every answered ``/predict`` is offered to that log, which starts and
+    stops with the server.  With ``split`` (its candidate already loaded), a canary or a shadow
+    answers beside ``spec``; its candidate is re-resolved whenever ``spec`` is.
 
     Once started it re-resolves ``spec`` every ``poll`` seconds (0: never) and on SIGHUP, each
     time in a thread of its own; :meth:`Holder.reload` lets one reload run at a time.  The
     SIGHUP handler it installs on start-up is replaced by the previous one on shutdown.
+    Without ``follow`` it does neither: something else (the supervisor of ``--workers``, see
+    :mod:`modelshelf.serve.workers`) decides what it serves.  ``app_class``: an :class:`App` subclass.
 
     Raises:
         ShelfError: the first version cannot be served (see :meth:`Holder.reload`).
@@ -40,9 +51,11 @@ def build(spec: str, *, repo: str | Path = ".", admin_token: str | None = None, 
 
     def admin_reload() -> str:
         log.info("reload of %s requested through %s", spec, ADMIN, extra={"reason": ADMIN})
+        if split is not None:
+            split.candidate.reload(ADMIN)
         return holder.reload(ADMIN)
 
-    app = App(holder, admin_token=admin_token, max_rows=max_rows, max_body=max_body, reload_hook=admin_reload)
+    app = app_class(holder, admin_token=admin_token, max_rows=max_rows, max_body=max_body, reload_hook=admin_reload)
     stop = threading.Event()
     previous: list[Any] = []  # the SIGHUP handler before start-up, once ours is installed
 
@@ -50,6 +63,8 @@ def build(spec: str, *, repo: str | Path = ".", admin_token: str | None = None, 
         while not stop.wait(poll):
             try:
                 holder.reload(POLL)  # never raises once a version is served: a refusal is kept in holder.error
+                if split is not None:
+                    split.candidate.reload(POLL)
             except Exception:  # noqa: BLE001 - the poll must outlive a bug
                 log.exception("checking %s failed; polling goes on", spec)
 
@@ -57,6 +72,8 @@ def build(spec: str, *, repo: str | Path = ".", admin_token: str | None = None, 
         # Logged here, not in the handler: a handler interrupting the main thread mid-log would re-enter it.
         log.info("received SIGHUP: reloading %s", spec, extra={"reason": "SIGHUP"})
         holder.reload("SIGHUP")
+        if split is not None:
+            split.candidate.reload("SIGHUP")
 
     def on_hangup(_signum: int, _frame: object) -> None:
         threading.Thread(target=hangup_reload, name="shelf-reload", daemon=True).start()
@@ -78,8 +95,19 @@ def build(spec: str, *, repo: str | Path = ".", admin_token: str | None = None, 
             except ValueError:  # not the main thread: leave it to whoever stops the process
                 previous.append(old)
 
-    app.lifespan_startup.append(startup)
-    app.lifespan_shutdown.append(shutdown)
+    if follow:
+        app.lifespan_startup.append(startup)
+        app.lifespan_shutdown.append(shutdown)
+    if split is not None:
+        app.split = split
+        app.key_header = split.key_header if not split.shadow else b""
+        split.predictions = predictions
+        app.lifespan_startup.append(split.start)
+        app.lifespan_shutdown.append(split.stop)  # before the log stops: the shadow's last records go in
+    if predictions is not None:
+        app.predictions = predictions
+        app.lifespan_startup.append(predictions.start)
+        app.lifespan_shutdown.append(predictions.stop)
     return app
 
 
