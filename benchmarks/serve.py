@@ -76,6 +76,8 @@ Measured, on that model and this machine:
    failed responses, which model answered how often (told apart by version and
    the row's probability), and the p99 of requests started inside the swap
    window against the steady run's p99 over the same stretch.
+   With ``--workers 2`` every server here runs two workers, and a swap happens in both or in
+   neither (``shelf serve --workers``).
 
 Goals (printed with OK / ABOVE GOAL / BELOW GOAL): HTTP p50 < in-process
 scikit-learn p50; HTTP p50 ≤ 1.5 × the /ping p50; throughput ≥ 5 × MLflow's (one
@@ -411,8 +413,12 @@ def answers(port: int, method: str, path: str, body: bytes | None = None, timeou
     return lambda: request(port, method, path, body, timeout=timeout)[0] == 200
 
 
+SERVE_WORKERS = ["1"]  # --workers of every shelf serve here (set from the command line)
+
+
 def shelf_serve_cmd(model: Path, port: int) -> list[str]:
-    return ["shelf", "serve", "--model", str(model), "--port", str(port), "--poll", "0"]
+    return ["shelf", "serve", "--model", str(model), "--port", str(port), "--poll", "0",
+            "--workers", SERVE_WORKERS[0]]
 
 
 # -- load ----------------------------------------------------------------------------------------
@@ -1122,10 +1128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--swaps", type=positive, default=20, help="hot swaps under load (default 20)")
     parser.add_argument("--swap-interval", type=seconds, default=0.25, help="seconds between swaps (default 0.25)")
     parser.add_argument("--skip-mlflow", action="store_true", help="leave MLflow out")
+    parser.add_argument("--workers", type=positive, default=1,
+                        help="shelf serve --workers for every measurement, the hot swaps included (default 1)")
     parser.add_argument("--mlflow-venv", type=Path,
                         help="a venv directory for MLflow, reused across runs (made if missing)")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = parser.parse_args(argv)
+    SERVE_WORKERS[0] = str(args.workers)
 
     if tools_missing(("shelf", "dvc"), "serve.py"):
         return 1

@@ -295,10 +295,10 @@ def test_a_half_closed_client_gets_its_answers() -> None:
 class _Buggy(App):
     """An app with a bug on one path (a real exception from our own code, not a stand-in)."""
 
-    def handle(self, method: str, path: str, body: bytes, authorization: bytes = b"") -> Any:
+    def handle(self, method: str, path: str, body: bytes, authorization: bytes = b"", key: bytes = b"") -> Any:
         if path == "/bug":
             raise ZeroDivisionError("a bug")
-        return super().handle(method, path, body, authorization)
+        return super().handle(method, path, body, authorization, key)
 
 
 def test_a_fault_closes_its_connection_is_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:

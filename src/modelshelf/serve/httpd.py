@@ -36,6 +36,9 @@ IDLE_TIMEOUT = 5.0  # seconds a keep-alive connection may wait for its next requ
 STOP_GRACE = 5.0  # seconds requests in progress get to finish on SIGTERM
 WORKERS = 4  # threads for slow answers
 SWEEP = 0.05  # seconds between checks of the connections' deadlines
+# Connections taken per wake-up of a listener.  Workers sharing one listening socket take one
+# each: a worker accepting a burst would take every connection a client opens at once.
+ACCEPT_BURST = 64
 ACCEPT_PAUSE = 0.25  # seconds a listener rests when the process is out of file descriptors
 MAX_CONNECTIONS = 1000  # open client connections; past it the least useful one makes room
 FULL_WARNING = 10.0  # seconds between two warnings that the server is full
@@ -50,8 +53,10 @@ class Server:
 
     def __init__(self, app: App, listeners: list[socket.socket] | None = None, *,
                  keep_alive: float = IDLE_TIMEOUT, workers: int = WORKERS,
-                 max_connections: int = MAX_CONNECTIONS, access_log: bool = False) -> None:
+                 max_connections: int = MAX_CONNECTIONS, access_log: bool = False,
+                 accept_burst: int = ACCEPT_BURST) -> None:
         self.app = app
+        self.accept_burst = accept_burst
         self.idle_timeout = keep_alive
         self.max_connections = _descriptor_bound(max_connections)
         self.access = logging.getLogger("modelshelf.serve.access") if access_log else None
@@ -149,7 +154,7 @@ class Server:
                 self.connections.pop(conn.fd, None)
 
     def _accept(self, listener: socket.socket) -> None:
-        for _ in range(64):  # a burst of connections, but not forever
+        for _ in range(self.accept_burst):  # a burst of connections, but not forever
             try:
                 sock, _addr = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -380,7 +385,7 @@ def listen(host: str, port: int, backlog: int = 1024) -> list[socket.socket]:
 
 
 def run(app: App, listeners: list[socket.socket], *, keep_alive: float = IDLE_TIMEOUT,
-        max_connections: int = MAX_CONNECTIONS, access_log: bool = False) -> None:
+        max_connections: int = MAX_CONNECTIONS, access_log: bool = False, accept_burst: int = ACCEPT_BURST) -> None:
     """Serve ``app`` on ``listeners`` (from :func:`listen`) until SIGTERM or SIGINT.
 
     Args:
@@ -390,12 +395,13 @@ def run(app: App, listeners: list[socket.socket], *, keep_alive: float = IDLE_TI
         max_connections: open connections at most; a new one past it takes the place of a
             lingering, idle or slow one, or is answered 503.
         access_log: log every answer on the ``modelshelf.serve.access`` logger.
+        accept_burst: connections accepted per wake-up of a listener (1 for workers sharing it).
 
     The process-wide settings it changes (the switch interval, the SIGTERM/SIGINT handlers
     and the signal wake-up descriptor) are restored when it returns.
     """
     server = Server(app, listeners, keep_alive=keep_alive, max_connections=max_connections,
-                    access_log=access_log)
+                    access_log=access_log, accept_burst=accept_burst)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL)
     # A signal may land on any thread: its byte on the wake-up socket gets the loop out of poll,

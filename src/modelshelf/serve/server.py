@@ -59,7 +59,7 @@ def build(spec: str, *, repo: str | Path = ".", admin_token: str | None = None, 
     stop = threading.Event()
     previous: list[Any] = []  # the SIGHUP handler before start-up, once ours is installed
 
-    def follow() -> None:
+    def poll_registry() -> None:
         while not stop.wait(poll):
             try:
                 holder.reload(POLL)  # never raises once a version is served: a refusal is kept in holder.error
@@ -84,7 +84,7 @@ def build(spec: str, *, repo: str | Path = ".", admin_token: str | None = None, 
         except (ValueError, AttributeError):  # not the main thread, or no SIGHUP here
             pass
         if poll > 0:
-            threading.Thread(target=follow, name="shelf-follow", daemon=True).start()
+            threading.Thread(target=poll_registry, name="shelf-follow", daemon=True).start()
 
     def shutdown() -> None:
         stop.set()

@@ -1,0 +1,638 @@
+"""``shelf serve --workers N``: N forked copies of the server on one port, all serving one version.
+
+The parent builds the app as ``shelf serve`` does (the first version is loaded and verified
+before anything forks, so a refusal at start-up is the same one line and exit code), then
+forks the workers: each inherits the listening sockets, the loaded model (shared copy-on-write)
+and one end of a duplex pipe.  The parent (:class:`Supervisor`) serves nothing itself.  It:
+
+* restarts a worker that dies, with a back-off, and gives up (exit 1) when workers keep dying
+  at start-up;
+* forwards SIGTERM/SIGINT (every worker drains and exits, then the parent returns 0);
+* alone follows the registry (the poll, SIGHUP, and ``POST /admin/reload``, which the worker
+  that receives it forwards over its pipe): a new version is swapped in two phases, *prepare*
+  (every worker loads and verifies it) then *commit* once every worker said ok, else *abort*
+  (everyone keeps the old one).  A restarted worker starts on the parent's version;
+* keeps the table of workers (pid, version, start, memory) that each worker's ``/health`` shows.
+
+Messages are tuples over :func:`multiprocessing.connection.Pipe`: parent to worker ``state``,
+``prepare``, ``commit``, ``abort``, ``reloaded``; worker to parent ``ready``, ``prepared``,
+``committed``, ``reload``.  Logs go to ``modelshelf.serve``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import selectors
+import signal
+import socket
+import threading
+import time
+from multiprocessing.connection import Connection, Pipe
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+
+import orjson
+
+from modelshelf import __version__
+from modelshelf.errors import ShelfError
+from modelshelf.serve.app import App, Later, Reply
+from modelshelf.serve.holder import POLL, Holder
+from modelshelf.serve.server import ADMIN, urls
+
+if TYPE_CHECKING:
+    from modelshelf.serve.runner import Loaded
+
+log = logging.getLogger("modelshelf.serve")
+
+STARTUP_WINDOW = 10.0  # a worker dying this soon after it was started died "at start-up"
+CRASH_LIMIT = 5  # that many start-up deaths in a row: give up
+BACKOFF = 0.25  # seconds before restarting after the first start-up death; doubles each time
+MAX_BACKOFF = 5.0
+PREPARE_DEADLINE = 300.0  # seconds every worker gets to load and verify a version
+COMMIT_DEADLINE = 10.0  # seconds every worker gets to acknowledge the switch
+RELOAD_DEADLINE = PREPARE_DEADLINE + 60.0  # a worker waiting for the parent's answer to /admin/reload
+STOP_DEADLINE = 20.0  # seconds workers get to drain on SIGTERM before they are killed
+MEMORY_EVERY = 15.0  # seconds between two readings of the workers' memory
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+
+
+class Target(NamedTuple):
+    """The version every worker serves: where its bytes are and the card they match."""
+
+    version: str
+    directory: str | None  # None: the one the parent loaded at start-up (workers inherit it)
+    card: dict[str, Any]
+
+
+def memory(pid: int) -> dict[str, int]:
+    """What a worker costs, from /proc/PID/smaps_rollup: ``pss_bytes`` (its pages, each shared one
+    divided among the processes sharing it: the workers' sum is what they cost together) and
+    ``private_bytes`` (the pages it alone holds: what one more worker costs); else ``rss_bytes``
+    from /proc/PID/status; else ``{}``."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            fields = {k: int(v.split()[0]) * 1024 for k, _, v in (line.decode().partition(":") for line in fh)
+                      if k in ("Pss", "Private_Clean", "Private_Dirty")}
+        return {"pss_bytes": fields["Pss"], "private_bytes": fields["Private_Clean"] + fields["Private_Dirty"]}
+    except (OSError, ValueError, KeyError, IndexError):
+        pass
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmRSS:"):
+                    return {"rss_bytes": int(line.split()[1]) * 1024}
+    except (OSError, ValueError, IndexError):
+        pass
+    return {}
+
+
+def same(card: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether two cards name the same version with the same bytes (as :class:`Holder` decides)."""
+    return str(card["version"]) == str(other["version"]) and card["artefacts"] == other["artefacts"]
+
+
+# --- the worker side ----------------------------------------------------------------------------
+
+
+class WorkerApp(App):
+    """An :class:`App` whose ``/health`` also shows the supervisor's table of workers and this
+    worker's pid (set by :class:`Control` from the parent's ``state`` messages)."""
+
+    state: dict[str, Any] | None = None
+
+    def handle(self, method: str, path: str, *rest: Any, **more: Any) -> Reply | Later:
+        # The rest of App.handle's arguments pass through as they are, whatever they become.
+        reply = super().handle(method, path, *rest, **more)
+        if path == "/health" and self.state is not None and isinstance(reply, tuple) and reply[0] == 200:
+            doc = orjson.loads(reply[2])
+            doc["pid"] = os.getpid()
+            doc["supervisor"] = self.state["supervisor"]
+            doc["workers"] = self.state["workers"]
+            return 200, reply[1], orjson.dumps(doc)
+        return reply
+
+
+class Control:
+    """A worker's end of its pipe: a thread that applies the parent's messages, and the
+    ``reload_hook`` that asks the parent (``POST /admin/reload`` arrives in any worker)."""
+
+    def __init__(self, app: App, conn: Connection) -> None:
+        self.app = app
+        self.holder: Holder = app.holder
+        self.conn = conn
+        self._send_lock = threading.Lock()  # HTTP threads and the control thread both send
+        self._asked = 0
+        self._answers: dict[int, list[Any]] = {}  # request id -> [Event, outcome]
+        self._prepared: tuple[int, Loaded] | None = None
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            self.conn.send(message)
+
+    def apply(self, state: dict[str, Any]) -> None:
+        """The parent's view: its table of workers and the counts and error every worker reports."""
+        if isinstance(self.app, WorkerApp):
+            self.app.state = state
+        h = self.holder
+        h.error, h.swaps, h.failures = state["error"], state["swaps"], state["failures"]
+
+    def reload(self) -> str:
+        """Ask the parent to re-resolve the spec; its outcome once every worker has followed."""
+        event = threading.Event()
+        with self._send_lock:
+            self._asked += 1
+            ask = self._asked
+            self._answers[ask] = [event, None]
+            self.conn.send(("reload", ask))
+        if not event.wait(RELOAD_DEADLINE):
+            self._answers.pop(ask, None)
+            return f"no answer from the supervisor in {RELOAD_DEADLINE:g}s"
+        return str(self._answers.pop(ask)[1])
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="shelf-control", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                log.error("worker %d lost its supervisor: stopping", os.getpid())
+                os.kill(os.getpid(), signal.SIGTERM)  # the server's own graceful stop
+                return
+            try:
+                self._on(message)
+            except Exception:  # noqa: BLE001 - the channel must outlive a bug
+                log.exception("worker %d: handling %s failed", os.getpid(), message[0])
+
+    def _on(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "state":
+            self.apply(message[1])
+        elif kind == "prepare":
+            _, seq, directory, card = message
+            self._prepared = None
+            try:
+                new = self.holder.prepare(directory, card)
+            except ShelfError as exc:
+                self.send(("prepared", seq, False, exc.message))
+            except Exception as exc:  # noqa: BLE001 - any failure to load is a "no"
+                self.send(("prepared", seq, False, f"{type(exc).__name__}: {exc}"))
+            else:
+                self._prepared = seq, new
+                self.send(("prepared", seq, True, new.format))
+        elif kind == "commit":
+            _, seq, reason = message
+            if self._prepared is not None and self._prepared[0] == seq:
+                self.holder.install(self._prepared[1], reason)
+                self._prepared = None
+                self.send(("committed", seq))
+        elif kind == "abort":
+            if self._prepared is not None and self._prepared[0] == message[1]:
+                self._prepared = None
+        elif kind == "reloaded":
+            _, ask, outcome = message
+            waiting = self._answers.get(ask)
+            if waiting is not None:
+                waiting[1] = outcome
+                waiting[0].set()
+
+
+def work(app: App, listeners: list[socket.socket], conn: Connection, target: Target, state: dict[str, Any],
+         options: dict[str, Any]) -> int:
+    """A worker's life after fork: serve ``target`` (loading it unless inherited) until SIGTERM."""
+    from modelshelf.serve import httpd
+
+    control = Control(app, conn)
+    h = app.holder
+    cur = h.current
+    if target.directory is not None and (cur is None or not same(cur.card, target.card)):
+        try:
+            h.install(h.prepare(target.directory, target.card), "restart")
+        except Exception as exc:  # noqa: BLE001 - whatever it is, this worker cannot serve
+            message = exc.message if isinstance(exc, ShelfError) else f"{type(exc).__name__}: {exc}"
+            log.error("worker %d cannot load v%s: %s", os.getpid(), target.version, message)
+            return 3
+    control.apply(state)
+    app.reload_hook = control.reload
+    control.start()
+    assert h.current is not None
+    control.send(("ready", h.current.version))
+    httpd.run(app, listeners, accept_burst=1, **options)  # share the connections out
+    return 0
+
+
+# --- the parent ---------------------------------------------------------------------------------
+
+
+class Child:
+    """A worker as the parent sees it."""
+
+    def __init__(self, pid: int, conn: Connection) -> None:
+        self.pid = pid
+        self.conn = conn
+        self.started = time.monotonic()
+        self.started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        self.version: str | None = None  # once it said it is ready
+        self.memory: dict[str, int] = {}
+        self.watched = True  # its pipe is in the parent's selector
+
+    def row(self) -> dict[str, Any]:
+        return {"pid": self.pid, "version": self.version, "started": self.started_at, **self.memory}
+
+
+class Swap:
+    """One two-phase swap in progress."""
+
+    def __init__(self, seq: int, target: Target, pids: set[int]) -> None:
+        self.seq = seq
+        self.target = target
+        self.waiting = set(pids)  # have not answered yet
+        self.formats: dict[int, str] = {}
+        self.refusal: tuple[int, str] | None = None  # the first worker that said no, and why
+
+
+class Supervisor:
+    """The parent of ``--workers N``: see the module's docstring."""
+
+    def __init__(self, app: App, listeners: list[socket.socket], workers: int, *, keep_alive: float = 5.0,
+                 max_connections: int = 1000, access_log: bool = False) -> None:
+        cur = app.holder.current
+        assert cur is not None, "build() loads the first version"
+        self.app = app
+        self.holder = app.holder
+        self.listeners = listeners
+        self.size = workers
+        self.options: dict[str, Any] = {"keep_alive": keep_alive, "max_connections": max_connections,
+                                        "access_log": access_log}
+        self.target = Target(cur.version, None, cur.card)
+        self.format = cur.format
+        self.children: dict[int, Child] = {}
+        self.error = ""
+        self.swaps = 0
+        self.failures = 0
+        self.seq = 0
+        self.swap: Swap | None = None
+        self.asked: list[tuple[Child, int]] = []  # /admin/reload requests to answer
+        self.stopping = False
+        self.stop_reason = ""
+        self.hangup = False
+        self.start_deaths = 0  # in a row; back to 0 once a worker outlives STARTUP_WINDOW
+        self.respawns: list[tuple[float, int]] = []  # when to replace which dead worker
+        self.selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        for s in (self._wake_r, self._wake_w):
+            s.setblocking(False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, None)
+
+    # -- signals ---------------------------------------------------------------------------------
+
+    def _on_stop(self, signum: int, _frame: object) -> None:
+        # Forwarded at once, even while the main loop waits on git or DVC.
+        if not self.stopping:
+            self.stopping = True
+            self.stop_reason = f"received {signal.Signals(signum).name}: stopping {len(self.children)} workers"
+        self._kill_all(signal.SIGTERM)
+
+    def _on_hangup(self, _signum: int, _frame: object) -> None:
+        self.hangup = True
+
+    def _kill_all(self, sig: int) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    # -- workers ---------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {"supervisor": os.getpid(), "error": self.error, "swaps": self.swaps,
+                "failures": self.failures, "workers": [c.row() for c in self.children.values()]}
+
+    def broadcast(self) -> None:
+        state = self.state()
+        for child in list(self.children.values()):
+            self._send(child, ("state", state))
+
+    def _send(self, child: Child, message: tuple[Any, ...]) -> None:
+        try:
+            child.conn.send(message)
+        except OSError:
+            pass  # it is dying: reaping will say so
+
+    def spawn(self, replaces: int | None = None) -> None:
+        parent_end, child_end = Pipe(duplex=True)
+        state = self.state()
+        # Blocked across fork: the child must not run the parent's handlers before it resets them.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                parent_end.close()
+                self._child(child_end, state)
+            child_end.close()
+            self.children[pid] = Child(pid, parent_end)
+            self.selector.register(parent_end, selectors.EVENT_READ, self.children[pid])
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        if replaces is None:
+            log.info("started worker %d", pid, extra={"pid": pid})
+        else:
+            log.info("restarted worker %d as %d on v%s", replaces, pid, self.target.version,
+                     extra={"pid": pid, "replaces": replaces, "version": self.target.version})
+
+    def _child(self, conn: Connection, state: dict[str, Any]) -> NoReturn:
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the parent alone reloads
+            for child in self.children.values():
+                child.conn.close()
+            self.selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            code = work(self.app, self.listeners, conn, self.target, state, self.options)
+        except BaseException:  # noqa: BLE001 - nothing may escape into the parent's code
+            log.exception("worker %d failed", os.getpid())
+        finally:
+            os._exit(code)
+
+    def _reap(self) -> None:
+        for pid, child in list(self.children.items()):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)  # only ours: git and DVC children are not
+            except ChildProcessError:
+                done, status = pid, 0
+            if not done:
+                continue
+            del self.children[pid]
+            self._unwatch(child)
+            child.conn.close()
+            if self.swap is not None and pid in self.swap.waiting:
+                self.swap.waiting.discard(pid)
+                self.swap.refusal = self.swap.refusal or (pid, "the worker died while preparing")
+            if self.stopping:
+                continue
+            lived = time.monotonic() - child.started
+            code = os.waitstatus_to_exitcode(status)
+            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            if lived < STARTUP_WINDOW:
+                self.start_deaths += 1
+            delay = 0.0 if not self.start_deaths else min(MAX_BACKOFF, BACKOFF * 2 ** (self.start_deaths - 1))
+            doing = f"serving v{child.version}" if child.version else "before it was ready"
+            log.error("worker %d died (%s) after %.1f s %s; restarting it in %.2g s", pid, how, lived, doing, delay,
+                      extra={"pid": pid, "status": code, "lived": round(lived, 3), "version": child.version,
+                             "restart_in": delay})
+            self.respawns.append((time.monotonic() + delay, pid))
+            self.broadcast()
+
+    def _unwatch(self, child: Child) -> None:
+        if child.watched:
+            child.watched = False
+            self.selector.unregister(child.conn)
+
+    def _on_message(self, child: Child, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "ready":
+            child.version = message[1]
+            child.memory = memory(child.pid)
+            log.info("worker %d ready, serving v%s", child.pid, child.version,
+                     extra={"pid": child.pid, "version": child.version})
+            self.broadcast()
+        elif kind == "reload":
+            self.asked.append((child, message[1]))
+        elif kind in ("prepared", "committed") and self.swap is not None and message[1] == self.swap.seq:
+            sw = self.swap
+            sw.waiting.discard(child.pid)
+            if kind == "prepared":
+                ok, detail = message[2], message[3]
+                if ok:
+                    sw.formats[child.pid] = detail
+                elif sw.refusal is None:
+                    sw.refusal = child.pid, detail
+
+    def pump(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for messages and signals; handle them."""
+        for key, _ in self.selector.select(max(0.0, timeout)):
+            if key.data is None:
+                try:
+                    while self._wake_r.recv(512):
+                        pass
+                except (BlockingIOError, InterruptedError):
+                    pass
+                continue
+            child: Child = key.data
+            try:
+                while child.conn.poll():
+                    self._on_message(child, child.conn.recv())
+            except (EOFError, OSError):
+                self._unwatch(child)  # it is exiting: _reap does the rest
+        self._reap()
+
+    # -- following the registry ------------------------------------------------------------------
+
+    def reload(self, reason: str) -> str:
+        """Re-resolve the spec; swap every worker to what it names, or none. Returns what happened."""
+        try:
+            directory, card = self.holder.resolve()
+        except ShelfError as exc:
+            return self._refuse(exc.message, reason)
+        except Exception as exc:  # noqa: BLE001 - a failure to resolve must leave the old version serving
+            return self._refuse(f"{type(exc).__name__}: {exc}", reason, exc)
+        if same(card, self.target.card):
+            outcome = f"unchanged: v{self.target.version}"
+            if self.error:
+                log.info("%s: %s no longer refused; v%s serves on", reason, self.holder.spec, self.target.version)
+                self.error = ""
+                self.broadcast()
+            else:
+                log.log(logging.DEBUG if reason == POLL else logging.INFO, "%s: %s", reason, outcome)
+            return outcome
+        return self._swap(Target(str(card["version"]), str(directory), card), reason)
+
+    def _swap(self, target: Target, reason: str) -> str:
+        old = self.target.version
+        self.seq += 1
+        sw = self.swap = Swap(self.seq, target, set(self.children))
+        # A poll meeting a version already refused tries it again, as one server does, but quietly.
+        quiet = reason == POLL and bool(self.error)
+        log.log(logging.DEBUG if quiet else logging.INFO, "swap to v%s (%s): %d workers preparing",
+                target.version, reason, len(sw.waiting),
+                extra={"version": target.version, "previous": old, "reason": reason, "workers": len(sw.waiting)})
+        try:
+            for child in list(self.children.values()):
+                self._send(child, ("prepare", sw.seq, target.directory, target.card))
+            deadline = time.monotonic() + PREPARE_DEADLINE
+            while sw.waiting and sw.refusal is None and not self.stopping and time.monotonic() < deadline:
+                self.pump(deadline - time.monotonic())
+            if self.stopping:
+                for child in list(self.children.values()):
+                    self._send(child, ("abort", sw.seq))
+                log.info("swap to v%s abandoned: stopping", target.version)
+                return f"unchanged: v{old} (stopping)"
+            if sw.refusal is None and sw.waiting:
+                sw.refusal = next(iter(sw.waiting)), f"no answer in {PREPARE_DEADLINE:g}s"
+            if sw.refusal is not None or not self.children:
+                pid, why = sw.refusal or (0, "no worker is running")
+                for child in list(self.children.values()):
+                    self._send(child, ("abort", sw.seq))
+                again = quiet and self.error == f"refused {self.holder.spec}: {why}"
+                log.log(logging.DEBUG if again else logging.ERROR, "swap to v%s aborted: worker %d: %s; every "
+                        "worker keeps v%s", target.version, pid, why, old,
+                        extra={"version": target.version, "kept": old, "pid": pid, "reason": reason})
+                return self._refuse(why, reason, logged=True)  # no pid: the same refusal counts once
+            log.info("swap to v%s prepared by all %d workers: committing", target.version, len(sw.formats),
+                     extra={"version": target.version, "workers": len(sw.formats)})
+            sw.waiting = set(self.children)
+            for child in list(self.children.values()):
+                self._send(child, ("commit", sw.seq, reason))
+            self.target = target
+            self.format = next(iter(sw.formats.values()), self.format)
+            deadline = time.monotonic() + COMMIT_DEADLINE
+            while sw.waiting and time.monotonic() < deadline:
+                self.pump(deadline - time.monotonic())
+            for pid in sw.waiting:  # hung: killed, so that it comes back on the new version
+                log.error("worker %d did not switch to v%s in %gs: killing it", pid, target.version, COMMIT_DEADLINE)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        finally:
+            self.swap = None
+        self.holder.current = None  # the start-up copy: restarted workers load the target instead
+        for child in self.children.values():
+            if child.pid not in sw.waiting:
+                child.version = target.version
+        self.swaps += 1
+        self.error = ""
+        log.info("swap to v%s committed on %d workers (was v%s, %s)", target.version,
+                 len(self.children) - len(sw.waiting), old, reason,
+                 extra={"version": target.version, "previous": old, "reason": reason})
+        self.broadcast()
+        return f"serving v{target.version} ({self.format}), was v{old}"
+
+    def _refuse(self, message: str, reason: str, exc: BaseException | None = None, logged: bool = False) -> str:
+        error = f"refused {self.holder.spec}: {message}"
+        new = error != self.error
+        if new:  # a refused version counts once, not once per poll
+            self.failures += 1
+        self.error = error
+        if not logged and (new or reason != POLL):
+            log.log(logging.WARNING if exc is None else logging.ERROR, "%s (%s); still serving v%s", error, reason,
+                    self.target.version, exc_info=exc, extra={"version": self.target.version, "reason": reason})
+        self.broadcast()
+        return error
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start the workers and supervise them until SIGTERM/SIGINT (returns 0).
+
+        Raises:
+            ShelfError: workers kept dying at start-up (exit code 1).
+        """
+        previous = {sig: signal.signal(sig, handler) for sig, handler in (
+            (signal.SIGTERM, self._on_stop), (signal.SIGINT, self._on_stop), (signal.SIGHUP, self._on_hangup),
+            (signal.SIGCHLD, lambda *_: None))}  # SIGCHLD: only to wake the loop (the wake-up fd)
+        wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        h = self.holder
+        where = urls(self.listeners)
+        log.info("modelshelf %s serving %s v%s (%s) on %s following '%s' with %d workers (supervisor %d)",
+                 __version__, self.target.card["name"], self.target.version, self.format, " and ".join(where),
+                 h.spec, self.size, os.getpid(),
+                 extra={"modelshelf": __version__, "version": self.target.version, "urls": where,
+                        "following": h.spec, "poll": h.poll, "workers": self.size, "supervisor": os.getpid()})
+        started = time.monotonic()
+        try:
+            for _ in range(self.size):
+                self.spawn()
+            self._loop()
+        finally:
+            self._stop_all()
+            signal.set_wakeup_fd(wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
+        log.info("shut down after %.0f s serving v%s (swaps: %d, refused versions: %d)", time.monotonic() - started,
+                 self.target.version, self.swaps, self.failures,
+                 extra={"version": self.target.version, "swaps": self.swaps, "refused": self.failures})
+        return 0
+
+    def _loop(self) -> None:
+        h = self.holder
+        now = time.monotonic()
+        next_poll = now + h.poll if h.poll > 0 else float("inf")
+        next_memory = now + MEMORY_EVERY
+        while not self.stopping:
+            now = time.monotonic()
+            soonest = min([next_poll, next_memory, *(t for t, _ in self.respawns)])
+            self.pump(soonest - now)
+            if self.stopping:
+                break
+            now = time.monotonic()
+            if self.start_deaths >= CRASH_LIMIT:
+                log.error("workers keep dying at start-up (%d in a row within %gs of starting): giving up",
+                          self.start_deaths, STARTUP_WINDOW)
+                self.stop_reason = f"giving up: stopping {len(self.children)} workers"
+                raise ShelfError("shelf serve --workers", f"{self.start_deaths} workers in a row died within "
+                                 f"{STARTUP_WINDOW:g}s of starting", "see the log above for why")
+            if any(c.version is not None and now - c.started >= STARTUP_WINDOW for c in self.children.values()):
+                self.start_deaths = 0
+            if self.hangup:
+                self.hangup = False
+                log.info("received SIGHUP: reloading %s", h.spec, extra={"reason": "SIGHUP"})
+                self.reload("SIGHUP")
+            while self.asked and not self.stopping:
+                child, ask = self.asked.pop(0)
+                log.info("reload of %s requested through %s (worker %d)", h.spec, ADMIN, child.pid,
+                         extra={"reason": ADMIN, "pid": child.pid})
+                outcome = self.reload(ADMIN)
+                if child.pid in self.children:
+                    self._send(child, ("reloaded", ask, outcome))
+            if now >= next_poll:
+                try:
+                    self.reload(POLL)
+                except Exception:  # noqa: BLE001 - the poll must outlive a bug
+                    log.exception("checking %s failed; polling goes on", h.spec)
+                next_poll = time.monotonic() + h.poll
+            due = [r for r in self.respawns if r[0] <= time.monotonic()]
+            for r in due:
+                self.respawns.remove(r)
+                self.spawn(replaces=r[1])
+            if now >= next_memory:
+                for child in self.children.values():
+                    child.memory = memory(child.pid)
+                self.broadcast()
+                next_memory = time.monotonic() + MEMORY_EVERY
+
+    def _stop_all(self) -> None:
+        """SIGTERM every worker, wait for all (killing those past :data:`STOP_DEADLINE`)."""
+        self.stopping = True
+        if self.stop_reason:
+            log.info(self.stop_reason)
+        if not self.children:
+            return
+        self._kill_all(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_DEADLINE
+        while self.children and time.monotonic() < deadline:
+            self.pump(min(0.2, deadline - time.monotonic()))
+        if self.children:
+            log.error("%d workers still running after %gs: killing them", len(self.children), STOP_DEADLINE)
+            self._kill_all(signal.SIGKILL)
+            while self.children:
+                self.pump(0.1)
+
+
+def supervise(app: App, listeners: list[socket.socket], workers: int, *, keep_alive: float = 5.0,
+              max_connections: int = 1000, access_log: bool = False) -> int:
+    """Serve ``app`` (from ``build(..., follow=False, app_class=WorkerApp)``) with ``workers``
+    forked processes on ``listeners`` until SIGTERM or SIGINT; 0 once every worker stopped."""
+    return Supervisor(app, listeners, workers, keep_alive=keep_alive, max_connections=max_connections,
+                      access_log=access_log).run()
