@@ -49,8 +49,27 @@ from _common import BIN, BenchError, bench_env, check, loadavg, nproc, positive,
 START_TIMEOUT = 90.0
 CONNECTIONS = (1, 4, 16)
 ONE_ROW_GOAL, BATCH_GOAL = 1.4, 1.6
+# uvicorn --workers binds its socket with proto 0, and asyncio sets TCP_NODELAY only on sockets
+# whose proto is IPPROTO_TCP: every keep-alive answer then waits ~40 ms for a delayed ACK (23
+# req/s).  The peer sets it per connection, as a single uvicorn process gets it.
 UVICORN_APP = '''\
+import socket
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
 from modelshelf.serve.server import build
+
+_made = HttpToolsProtocol.connection_made
+
+
+def connection_made(self, transport):
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    _made(self, transport)
+
+
+HttpToolsProtocol.connection_made = connection_made
 app = build("models", poll=0)
 '''
 

@@ -125,3 +125,18 @@ def test_served_traffic_is_logged_and_checked_for_drift(module_project: tuple[Pr
     empty.mkdir()
     none = _drift(p, env, "--from-log", str(empty))
     assert none.returncode == 2 and "no prediction log records" in none.stderr and "Traceback" not in none.stderr
+
+
+def test_rotation_never_deletes_a_live_workers_file(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid names no process now
+    live = tmp_path / f"predictions-20000101T000000-{os.getppid()}-000001.jsonl"  # another live process
+    dead = tmp_path / f"predictions-20000101T000000-{gone.pid}-000001.jsonl"
+    for f in (live, dead):
+        f.write_bytes(b"")
+    log = PredictionLog(str(tmp_path), max_bytes=100, keep=1)
+    for i in range(20):
+        log.record("m", "1.0.0", b'{"rows":[{"x":%d}]}' % i, ANSWER, 0.001)
+    log.stop()
+    assert live.exists() and not dead.exists()
+    assert len([f for f in tmp_path.iterdir() if f"-{os.getpid()}-" in f.name]) == 1

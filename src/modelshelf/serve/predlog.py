@@ -1,8 +1,8 @@
 """``shelf serve --log-predictions DIR``: a sample of the requests ``/predict`` answered, with
 the answer, the version that gave it, when and how fast, as rotating JSON Lines files.
 
-The server's loop only appends ``(time, bytes…)`` to a bounded queue; a thread of its own
-writes the lines, rotates the files at ``max_bytes`` and keeps the newest ``keep``. When the
+The server's loop makes the line (a few microseconds) and appends it to a bounded queue; a
+thread of its own writes the lines, rotates the files at ``max_bytes`` and keeps the newest ``keep``. When the
 writer falls behind, records are dropped and counted, never waited for. Off (no
 ``--log-predictions``) this module is not imported.
 
@@ -23,7 +23,7 @@ import orjson
 
 log = logging.getLogger("modelshelf.serve")
 PREFIX, SUFFIX = "predictions-", ".jsonl"
-CHUNK = 32  # records formatted between two releases of the GIL
+CHUNK = 256  # lines written at once
 
 
 class PredictionLog:
@@ -33,7 +33,8 @@ class PredictionLog:
         directory: created if missing; holds only this log's ``predictions-*.jsonl`` files.
         sample: the share of answered requests recorded (0 < sample <= 1).
         max_bytes: a file is closed and a new one started past this size.
-        keep: how many files are kept; older ones are deleted.
+        keep: how many files are kept; older ones are deleted (per process: one worker never
+            deletes the files of another that is alive).
         queue: records waiting for the writer at most; more are dropped and counted.
     """
 
@@ -59,7 +60,7 @@ class PredictionLog:
         self.limit = queue
         self.written = 0
         self.dropped = 0
-        self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._queue: collections.deque[bytes] = collections.deque()  # whole lines
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._file: Any = None
@@ -77,7 +78,9 @@ class PredictionLog:
         if len(self._queue) >= self.limit:
             self.dropped += 1
             return
-        self._queue.append((time.time(), model, version, request, response, seconds, extra))
+        # Formatted here (a few µs): a writer thread formatting thousands of records at once
+        # would hold the GIL while the loop waits for it, which showed in the p99.
+        self._queue.append(_line(time.time(), model, version, request, response, seconds, extra))
 
     def take(self) -> bool:
         """Whether the next request is in the sample (for work done only to be logged)."""
@@ -116,14 +119,15 @@ class PredictionLog:
         while self._queue:
             if self._file is None or self._size >= self.max_bytes:
                 self._rotate()
-            # A few lines at a time, then the GIL is let go: a writer that formats thousands of
-            # records in one go would hold up the server's loop for a switch interval (5 ms).
-            chunk = b"".join(_line(*self._queue.popleft()) for _ in range(min(CHUNK, len(self._queue))))
-            self._file.write(chunk)
-            self._size += len(chunk)
-            self.written += chunk.count(b"\n")
+            room = self.max_bytes - self._size  # a file ends past max_bytes by one line at most
+            lines, size = [], 0
+            while self._queue and len(lines) < CHUNK and size < room:
+                lines.append(line := self._queue.popleft())
+                size += len(line)
+            self._file.write(b"".join(lines))
+            self._size += size
+            self.written += len(lines)
             wrote = True
-            time.sleep(0)
         if wrote:
             self._file.flush()
 
@@ -134,7 +138,10 @@ class PredictionLog:
         name = f"{PREFIX}{stamp}-{os.getpid()}-{self._seq:06d}{SUFFIX}"
         self._file = open(os.path.join(self.directory, name), "ab")  # noqa: SIM115 - kept open across writes
         self._size = 0
-        files = sorted(f for f in os.listdir(self.directory) if f.startswith(PREFIX) and f.endswith(SUFFIX))
+        # Only this process's files and those of processes gone (a restarted worker's): another
+        # live worker's open file, once deleted, would swallow what it writes.
+        files = sorted(f for f in os.listdir(self.directory)
+                       if f.startswith(PREFIX) and f.endswith(SUFFIX) and _deletable(f))
         for old in files[:-self.keep]:
             try:
                 os.unlink(os.path.join(self.directory, old))
@@ -150,15 +157,46 @@ class PredictionLog:
             self._file = None
 
 
+def _deletable(name: str) -> bool:
+    """Whether the log file ``name`` is this process's or a gone process's."""
+    try:
+        pid = int(name[len(PREFIX):-len(SUFFIX)].split("-")[1])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, someone else's
+        return False
+    return False
+
+
+_stamp: tuple[int, bytes] = (-1, b"")  # the whole second last formatted, and its text (one object: threads share it)
+_heads: dict[tuple[str, str], bytes] = {}  # (model, version) → their JSON members
+
+
 def _line(at: float, model: str, version: str, request: bytes, response: bytes, seconds: float,
           extra: bytes = b"") -> bytes:
-    """One JSON line; the request and answer are embedded as they were sent (both valid JSON:
-    the request was parsed, the answer made by orjson), re-encoded only when they span lines."""
+    """One JSON line (a few µs: the server's loop makes it); the request and answer are
+    embedded as they were sent (both valid JSON: the request was parsed, the answer made by
+    orjson), re-encoded only when they span lines."""
     if b"\n" in request or b"\r" in request:
         request = orjson.dumps(orjson.loads(request))
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}Z"
-    head = orjson.dumps({"time": stamp, "model": model, "version": version, "latency_ms": round(seconds * 1000, 3)})
-    return head[:-1] + extra + b',"request":' + request + b',"response":' + response + b"}\n"
+    global _stamp
+    whole, stamp = _stamp
+    if int(at) != whole:
+        whole = int(at)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)).encode()
+        _stamp = whole, stamp
+    head = _heads.get((model, version))
+    if head is None:
+        head = _heads[(model, version)] = orjson.dumps({"model": model, "version": version})[1:-1]
+    return b"".join((b'{"time":"', stamp, b".%03dZ\"," % int(at % 1 * 1000), head, b',"latency_ms":',
+                     b"%.3f" % (seconds * 1000), extra, b',"request":', request, b',"response":', response,
+                     b"}\n"))
 
 
 def read(directory: str) -> list[dict[str, Any]]:
