@@ -136,6 +136,15 @@ def test_a_canary_answers_its_share_of_keys_and_the_report_reads_it(two_releases
             assert json.loads(_post(conn, body, f"user-{i}"))["version"] == seen[f"user-{i}"]
         no_key = {json.loads(_post(conn, body))["version"] for _ in range(20)}
         assert len(no_key) == 1  # no header: the body is the key
+        # The Open Inference Protocol is routed alike; naming the candidate's version reaches it.
+        row = frame.iloc[0]
+        v2 = json.dumps({"inputs": [{"name": n, "shape": [1], "datatype": "FP64", "data": [float(row[n])]}
+                                    for n in frame.columns]}).encode()
+        for i in range(0, 10_000, 97):
+            conn.request("POST", "/v2/models/model/infer", body=v2, headers={"X-Canary-Key": f"user-{i}"})
+            assert json.loads(conn.getresponse().read())["model_version"] == seen[f"user-{i}"]
+        conn.request("POST", "/v2/models/model/versions/1.1.0/infer", body=v2)
+        assert json.loads(conn.getresponse().read())["model_version"] == "1.1.0"
         health = server.health()["candidate"]
         assert health["mode"] == "canary" and health["version"] == "1.1.0" and health["answered"] > 900
         conn.close()

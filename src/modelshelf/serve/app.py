@@ -100,7 +100,7 @@ class App:
                     return self._done(path, start, refused)
                 return self._later(path, start, self._reload)
             if path.startswith("/v2"):
-                return self._v2(method, path, body, start)
+                return self._v2(method, path, body, start, key)
             return self._done(path, start, self._other(path, method), method=method)
         except BadRequest as exc:
             label = f"/v2/{r[0]}" if path.startswith("/v2") and (r := oip.route(path)) else path
@@ -109,8 +109,10 @@ class App:
             log.exception("%s %s failed", method, path)
             return self._done(path, start, _internal(exc))
 
-    def _v2(self, method: str, path: str, body: bytes, start: float) -> Reply | Later:
-        """The Open Inference Protocol's routes (:mod:`modelshelf.serve.oip`)."""
+    def _v2(self, method: str, path: str, body: bytes, start: float, key: bytes = b"") -> Reply | Later:
+        """The Open Inference Protocol's routes (:mod:`modelshelf.serve.oip`).  Beside a canary,
+        an inference naming the candidate's version gets the candidate, one naming none is
+        routed by its key as ``/predict`` is."""
         r = oip.route(path)
         if r is None:
             return self._done(path, start, (404, JSON, b'{"error":"not found"}'))
@@ -118,6 +120,12 @@ class App:
         label = f"/v2/{what}"
         if what == "infer" and method == "POST":
             loaded = self.holder.current  # read once: this request finishes on this version
+            if self.split is not None and not self.split.shadow and loaded is not None:
+                cand = self.split.candidate.current
+                if version is None:
+                    loaded = self.split.choose(loaded, key or body)
+                elif cand is not None and version == cand.version:
+                    loaded = cand
             if len(body) > INLINE_BODY:
                 return self._later(label, start, lambda: self._infer_large(name, version, loaded, body))
             reply, rows = oip.infer(name, version, loaded, body, False, loaded.runner.predict if loaded else _none)
