@@ -175,6 +175,25 @@ def scaffold(root: Path, env: Mapping[str, str], *, edit: Callable[[Path], objec
     commit(root, env, "first model", timeout=timeout)
 
 
+def built_project(given: Path | None, work: Path, env: Mapping[str, str]) -> Path:
+    """``given`` (a built project), or one scaffolded and built in ``work/proj``; resolved."""
+    if given is not None:
+        return given.resolve()
+    root = work / "proj"
+    root.mkdir()
+    print("building a project (scaffold, dvc repro) ...", file=sys.stderr)
+    scaffold(root, env, timeout=600)
+    return root.resolve()
+
+
+def loopback_env(home: Path) -> dict[str, str]:
+    """:func:`bench_env` for a server on 127.0.0.1: no admin token, no proxy for loopback."""
+    env = bench_env(home)
+    env.pop("SHELF_ADMIN_TOKEN", None)
+    env.update({"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"})
+    return env
+
+
 # -- command line and output ---------------------------------------------------------------------
 
 def positive(value: str) -> int:

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import BIN, BenchError, bench_env, check, loadavg, positive, scaffold, show, tools_missing
+from _common import BIN, BenchError, built_project, check, loadavg, loopback_env, positive, show, tools_missing
 
 HERE = Path(__file__).resolve().parent
 START_TIMEOUT = 90.0  # seconds for the server to print its port
@@ -145,20 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="shelf-batches-") as tmp:
         work = Path(tmp)
-        env = bench_env(work / "home")
-        env.pop("SHELF_ADMIN_TOKEN", None)
-        env.update({"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"})
-        root = args.project
-        if root is None:
-            root = work / "proj"
-            root.mkdir()
-            print("building a project (scaffold, dvc repro) ...", file=sys.stderr)
-            scaffold(root, env, timeout=600)
+        env = loopback_env(work / "home")
+        root = built_project(args.project, work, env)
         one, batch = work / "one.json", work / "batch.json"
-        one_body, batch_body = bodies(root.resolve(), args.rows)
+        one_body, batch_body = bodies(root, args.rows)
         one.write_bytes(one_body)
         batch.write_bytes(batch_body)
-        proc, port = start_server(root.resolve(), env, work / "serve.log")
+        proc, port = start_server(root, env, work / "serve.log")
         try:
             alone = phase(port, one, batch, args, env, 0)
             beside = phase(port, one, batch, args, env, args.batch_clients)

@@ -44,7 +44,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from _common import BIN, BenchError, bench_env, check, loadavg, nproc, positive, scaffold, show, tools_missing
+from _common import (BIN, BenchError, built_project, check, loadavg, loopback_env, nproc, positive, show,
+                     tools_missing)
 
 START_TIMEOUT = 90.0
 CONNECTIONS = (1, 4, 16)
@@ -229,16 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="shelf-workers-") as tmp:
         work = Path(tmp)
-        env = bench_env(work / "home")
-        env.pop("SHELF_ADMIN_TOKEN", None)
-        env.update({"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"})
-        root = a.project
-        if root is None:
-            root = work / "proj"
-            root.mkdir()
-            print("building a project (scaffold, dvc repro) ...", file=sys.stderr)
-            scaffold(root, env, timeout=600)
-        root = root.resolve()
+        env = loopback_env(work / "home")
+        root = built_project(a.project, work, env)
         (work / "post.lua").write_text(WRK_LUA, encoding="utf-8")
         files = {}
         for name, data in bodies(root).items():

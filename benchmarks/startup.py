@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import BenchError, bench_env, check, loadavg, positive, scaffold, show, tools_missing
+from _common import BenchError, bench_env, built_project, check, loadavg, positive, show, tools_missing
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "c86c760"  # the last commit before issue 16's CLI, plots and site work
@@ -102,13 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="shelf-startup-") as tmp:
         work = Path(tmp)
         env = {**bench_env(work / "home"), "SHELF_WARM": "0"}
-        root = a.project
-        if root is None:
-            root = work / "proj"
-            root.mkdir()
-            print("building a project (scaffold, dvc repro) ...", file=sys.stderr)
-            scaffold(root, env, timeout=600)
-        root = root.resolve()
+        root = built_project(a.project, work, env)
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "src")], check=True, timeout=300)
         old_src = unpack(a.baseline, work / "baseline")
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(old_src)], check=True, timeout=300)

@@ -121,12 +121,9 @@ def worker_count(value: str) -> int:
 
         return os.cpu_count() or 1
     try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number nor 'auto': {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (or 'auto'), got {value}")
-    return number
+        return positive_int(value)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (or 'auto')") from None
 
 
 def share(value: str) -> float:
