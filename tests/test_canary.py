@@ -97,7 +97,6 @@ def _serve_refused(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[st
 
 def test_flags_a_canary_cannot_go_with_are_refused_in_one_line(tmp_path: Path) -> None:
     for args, words in ((("--shadow", "v1.1.0"), "add --log-predictions"),
-                        (("--canary", "v1.1.0", "--workers", "2"), "one process"),
                         (("--canary", "prod", "--model", "prod"), "is the stable model")):
         done = _serve_refused(tmp_path, *args)
         assert done.returncode == ConfigError.exit_code, done.stderr

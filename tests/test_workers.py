@@ -21,6 +21,9 @@ import pytest
 
 from modelshelf.cli import build_parser
 from modelshelf.serve.app import App
+from modelshelf.serve.canary import Split
+from modelshelf.serve.holder import Holder
+from modelshelf.serve.predlog import PREFIX, SUFFIX, read
 from modelshelf.serve.server import build
 from modelshelf.serve.workers import WorkerApp
 
@@ -421,3 +424,122 @@ def test_the_supervisors_poll_moves_every_worker(two_releases: Project, serve: C
     out = s.output()
     assert "swap to v1.1.0 (poll): 2 workers preparing" in out and "committed on 2 workers" in out, out
     assert out.count("swapped v1.0.0 → v1.1.0 (onnx, poll)") == 2, out  # once per worker, never twice
+
+
+# --- 4. a canary and a shadow with workers ------------------------------------------------------
+
+
+def pinned(s: Server, n: int = 2) -> dict[int, http.client.HTTPConnection]:
+    """Keep-alive connections, one served by each of ``n`` workers (opened until the kernel has
+    handed one to each); by pid."""
+    conns: dict[int, http.client.HTTPConnection] = {}
+
+    def another() -> bool:
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+        conn.request("GET", "/health")
+        pid = json.loads(conn.getresponse().read())["pid"]
+        if pid in conns:
+            conn.close()
+        else:
+            conns[pid] = conn
+        return len(conns) == n
+
+    wait_for(f"a connection to each of {n} workers", another, deadline=30, every=0.0)
+    return conns
+
+
+def answer(conn: http.client.HTTPConnection, body: bytes, key: str | None = None) -> bytes:
+    conn.request("POST", "/predict", body=body, headers={"Content-Type": "application/json",
+                                                         **({"X-Canary-Key": key} if key else {})})
+    resp = conn.getresponse()
+    data = resp.read()
+    assert resp.status == 200, data
+    return data
+
+
+def candidates_on(s: Server, version: str) -> dict[int, dict[str, Any]]:
+    """Wait until every row of the workers' table holds candidate ``version`` and some worker's
+    own /health says so; that worker's /health."""
+    def check() -> dict[str, Any] | None:
+        doc = health(s)
+        if doc is None or {w.get("candidate") for w in doc["workers"]} != {version}:
+            return None
+        return doc if doc["candidate"]["version"] == version else None
+
+    return wait_for(f"every worker on candidate v{version}", check, deadline=RESTART_DEADLINE, every=0.05)
+
+
+@slow
+def test_a_canary_with_workers_sends_each_key_to_one_model_in_every_worker(
+        two_releases: Project, serve: Callable[..., Server]) -> None:
+    p = two_releases
+    p.shelf("promote", "v1.1.0", "--to", "staging")
+    s = serve(p.root, "--model", "prod", "--poll", "0", "--workers", "2", "--canary", "staging",
+              "--canary-share", "0.3")
+    assert "canary v1.1.0 for 30% of keys" in s.output() and "2 workers" in s.output()
+    workers_on(s, 2, "1.0.0")
+    assert candidates_on(s, "1.1.0")["candidate"]["mode"] == "canary"
+    body = json.dumps(rows_body(held_out(p.root).iloc[:1])).encode()
+    # What the hash decides, computed here: the server must agree in every worker.
+    split = Split(Holder("unused"), share=0.3)
+    keys = [f"user-{i}" for i in range(600)]
+    takes = {k: split.takes(k.encode()) for k in keys}
+    conns = pinned(s)
+    for key in keys:
+        versions = {json.loads(answer(c, body, key))["version"] for c in conns.values()}
+        assert versions == {"1.1.0" if takes[key] else "1.0.0"}, (key, versions)
+    # The candidate's spec moves: every worker swaps it, in two phases of its own.
+    p.shelf("promote", "v1.0.0", "--to", "staging")
+    s.proc.send_signal(signal.SIGHUP)
+    candidates_on(s, "1.0.0")
+    # The stable spec reaches the old candidate's version: every worker answers with it alone.
+    p.shelf("promote", "v1.1.0", "--to", "prod")
+    p.shelf("promote", "v1.1.0", "--to", "staging")
+    s.proc.send_signal(signal.SIGHUP)
+    docs = workers_on(s, 2, "1.1.0")
+    candidates_on(s, "1.1.0")
+    for c in conns.values():
+        c.close()
+    conns = pinned(s)
+    for key in keys[:100]:
+        assert {json.loads(answer(c, body, key))["version"] for c in conns.values()} == {"1.1.0"}
+    # A restarted worker comes back on the supervisor's pair, whatever the registry says by now.
+    p.shelf("promote", "v1.0.0", "--to", "staging")
+    victim = min(docs)
+    os.kill(victim, signal.SIGKILL)
+    after = workers_on(s, 2, "1.1.0")
+    assert victim not in after
+    assert {w["candidate"] for w in next(iter(after.values()))["workers"]} == {"1.1.0"}
+    out = s.output()
+    assert "candidate swap to v1.0.0 committed on 2 workers" in out, out
+    assert "swap to v1.1.0 committed on 2 workers" in out and "Traceback" not in out, out
+    for c in conns.values():
+        c.close()
+
+
+@slow
+def test_a_shadow_with_workers_logs_both_answers_from_every_worker(
+        two_releases: Project, serve: Callable[..., Server], tmp_path: Path) -> None:
+    p = two_releases
+    logdir = tmp_path / "served"
+    alone = serve(p.root, "--model", "prod", "--poll", "0")
+    s = serve(p.root, "--model", "prod", "--poll", "0", "--workers", "2", "--shadow", "v1.1.0",
+              "--log-predictions", str(logdir))
+    workers_on(s, 2, "1.0.0")
+    frame = held_out(p.root)
+    bodies = [json.dumps(rows_body(frame.iloc[i:i + n])).encode() for i, n in ((0, 1), (1, 5), (6, 50))]
+    conns = pinned(s)
+    ref = http.client.HTTPConnection("127.0.0.1", alone.port, timeout=30)
+    for body in bodies * 10:
+        expected = answer(ref, body)
+        for c in conns.values():
+            assert answer(c, body) == expected  # the shadow changes no byte, in any worker
+    for c in [ref, *conns.values()]:
+        c.close()
+    s.stop()  # SIGTERM: each worker's shadow scores what is queued, then its log drains
+    records = read(str(logdir))
+    assert len(records) == len(bodies) * 10 * 2, len(records)
+    assert all(r["role"] == "shadow" and r["version"] == "1.0.0" and r["shadow"]["response"]["version"] == "1.1.0"
+               for r in records)
+    writers = {int(f.name[len(PREFIX):-len(SUFFIX)].split("-")[1]) for f in logdir.glob(f"{PREFIX}*{SUFFIX}")}
+    assert writers == set(conns), writers  # each worker logged its own shadow's records

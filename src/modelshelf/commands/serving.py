@@ -81,9 +81,6 @@ def _check_split(a: argparse.Namespace) -> None:
     from modelshelf.errors import ConfigError
 
     flag = "--canary" if a.canary is not None else "--shadow"
-    if a.workers > 1:
-        raise ConfigError(f"shelf serve {flag}", "a canary or shadow runs in one process for now",
-                          "drop --workers (or run the canary as its own replica)")
     if a.shadow is not None and a.log_predictions is None:
         raise ConfigError("shelf serve --shadow", "the shadow's answers go only to the prediction log",
                           "add --log-predictions DIR (then `shelf canary report DIR`)")

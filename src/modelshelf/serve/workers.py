@@ -14,9 +14,13 @@ and one end of a duplex pipe.  The parent (:class:`Supervisor`) serves nothing i
   (everyone keeps the old one).  A restarted worker starts on the parent's version;
 * keeps the table of workers (pid, version, start, memory) that each worker's ``/health`` shows.
 
+With ``--canary`` or ``--shadow`` the parent follows two specs, each a *slot*: ``stable`` (what
+``--model`` names) and ``candidate``.  Each is swapped in two phases of its own, so every worker
+serves the same pair; a key's side is a hash of the key, the same in every worker.
+
 Messages are tuples over :func:`multiprocessing.connection.Pipe`: parent to worker ``state``,
-``prepare``, ``commit``, ``abort``, ``reloaded``; worker to parent ``ready``, ``prepared``,
-``committed``, ``reload``.  Logs go to ``modelshelf.serve``.
+``prepare`` (naming its slot), ``commit``, ``abort``, ``reloaded``; worker to parent ``ready``
+(with each slot's version), ``prepared``, ``committed``, ``reload``.  Logs go to ``modelshelf.serve``.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ RELOAD_DEADLINE = PREPARE_DEADLINE + 60.0  # a worker waiting for the parent's a
 STOP_DEADLINE = 20.0  # seconds workers get to drain on SIGTERM before they are killed
 MEMORY_EVERY = 15.0  # seconds between two readings of the workers' memory
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+STABLE, CANDIDATE = "stable", "candidate"
 
 
 class Target(NamedTuple):
@@ -92,6 +97,14 @@ def same(card: dict[str, Any], other: dict[str, Any]) -> bool:
     return str(card["version"]) == str(other["version"]) and card["artefacts"] == other["artefacts"]
 
 
+def holders(app: App) -> dict[str, Holder]:
+    """The holders of ``app`` by slot: ``stable``, and ``candidate`` with a canary or shadow."""
+    out = {STABLE: app.holder}
+    if app.split is not None:
+        out[CANDIDATE] = app.split.candidate
+    return out
+
+
 # --- the worker side ----------------------------------------------------------------------------
 
 
@@ -119,12 +132,12 @@ class Control:
 
     def __init__(self, app: App, conn: Connection) -> None:
         self.app = app
-        self.holder: Holder = app.holder
+        self.holders = holders(app)
         self.conn = conn
         self._send_lock = threading.Lock()  # HTTP threads and the control thread both send
         self._asked = 0
         self._answers: dict[int, list[Any]] = {}  # request id -> [Event, outcome]
-        self._prepared: tuple[int, Loaded] | None = None
+        self._prepared: tuple[int, Holder, Loaded] | None = None
 
     def send(self, message: tuple[Any, ...]) -> None:
         with self._send_lock:
@@ -134,8 +147,9 @@ class Control:
         """The parent's view: its table of workers and the counts and error every worker reports."""
         if isinstance(self.app, WorkerApp):
             self.app.state = state
-        h = self.holder
-        h.error, h.swaps, h.failures = state["error"], state["swaps"], state["failures"]
+        for slot, h in self.holders.items():
+            seen = state["slots"][slot]
+            h.error, h.swaps, h.failures = seen["error"], seen["swaps"], seen["failures"]
 
     def reload(self) -> str:
         """Ask the parent to re-resolve the spec; its outcome once every worker has followed."""
@@ -171,21 +185,22 @@ class Control:
         if kind == "state":
             self.apply(message[1])
         elif kind == "prepare":
-            _, seq, directory, card = message
+            _, seq, slot, directory, card = message
             self._prepared = None
+            holder = self.holders[slot]
             try:
-                new = self.holder.prepare(directory, card)
+                new = holder.prepare(directory, card)
             except ShelfError as exc:
                 self.send(("prepared", seq, False, exc.message))
             except Exception as exc:  # noqa: BLE001 - any failure to load is a "no"
                 self.send(("prepared", seq, False, f"{type(exc).__name__}: {exc}"))
             else:
-                self._prepared = seq, new
+                self._prepared = seq, holder, new
                 self.send(("prepared", seq, True, new.format))
         elif kind == "commit":
             _, seq, reason = message
             if self._prepared is not None and self._prepared[0] == seq:
-                self.holder.install(self._prepared[1], reason)
+                self._prepared[1].install(self._prepared[2], reason)
                 self._prepared = None
                 self.send(("committed", seq))
         elif kind == "abort":
@@ -199,26 +214,27 @@ class Control:
                 waiting[0].set()
 
 
-def work(app: App, listeners: list[socket.socket], conn: Connection, target: Target, state: dict[str, Any],
-         options: dict[str, Any]) -> int:
-    """A worker's life after fork: serve ``target`` (loading it unless inherited) until SIGTERM."""
+def work(app: App, listeners: list[socket.socket], conn: Connection, targets: dict[str, Target],
+         state: dict[str, Any], options: dict[str, Any]) -> int:
+    """A worker's life after fork: serve ``targets`` (each slot's, loaded unless inherited) until SIGTERM."""
     from modelshelf.serve import httpd
 
     control = Control(app, conn)
-    h = app.holder
-    cur = h.current
-    if target.directory is not None and (cur is None or not same(cur.card, target.card)):
-        try:
-            h.install(h.prepare(target.directory, target.card), "restart")
-        except Exception as exc:  # noqa: BLE001 - whatever it is, this worker cannot serve
-            message = exc.message if isinstance(exc, ShelfError) else f"{type(exc).__name__}: {exc}"
-            log.error("worker %d cannot load v%s: %s", os.getpid(), target.version, message)
-            return 3
+    for slot, h in control.holders.items():
+        target, cur = targets[slot], h.current
+        if target.directory is not None and (cur is None or not same(cur.card, target.card)):
+            try:
+                h.install(h.prepare(target.directory, target.card), "restart")
+            except Exception as exc:  # noqa: BLE001 - whatever it is, this worker cannot serve
+                message = exc.message if isinstance(exc, ShelfError) else f"{type(exc).__name__}: {exc}"
+                log.error("worker %d cannot load v%s: %s", os.getpid(), target.version, message)
+                return 3
     control.apply(state)
     app.reload_hook = control.reload
     control.start()
-    assert h.current is not None
-    control.send(("ready", h.current.version))
+    versions = {slot: h.current.version for slot, h in control.holders.items() if h.current is not None}
+    assert STABLE in versions
+    control.send(("ready", versions))
     httpd.run(app, listeners, accept_burst=1, **options)  # share the connections out
     return 0
 
@@ -234,12 +250,35 @@ class Child:
         self.conn = conn
         self.started = time.monotonic()
         self.started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        self.version: str | None = None  # once it said it is ready
+        self.version: str | None = None  # the stable slot's, once it said it is ready
+        self.candidate: str | None = None  # the candidate slot's, with a canary or shadow
         self.memory: dict[str, int] = {}
         self.watched = True  # its pipe is in the parent's selector
 
     def row(self) -> dict[str, Any]:
-        return {"pid": self.pid, "version": self.version, "started": self.started_at, **self.memory}
+        row = {"pid": self.pid, "version": self.version, "started": self.started_at, **self.memory}
+        if self.candidate is not None:
+            row["candidate"] = self.candidate
+        return row
+
+
+class Slot:
+    """One spec the parent follows for every worker: the version they serve and its refusals."""
+
+    def __init__(self, name: str, holder: Holder) -> None:
+        cur = holder.current
+        assert cur is not None, "build() loads the first version"
+        self.name = name
+        self.holder = holder
+        self.target = Target(cur.version, None, cur.card)
+        self.format = cur.format
+        self.label = "" if name == STABLE else "candidate "  # how the log names its swaps
+        self.error = ""
+        self.swaps = 0
+        self.failures = 0
+
+    def counts(self) -> dict[str, Any]:
+        return {"error": self.error, "swaps": self.swaps, "failures": self.failures}
 
 
 class Swap:
@@ -258,20 +297,15 @@ class Supervisor:
 
     def __init__(self, app: App, listeners: list[socket.socket], workers: int, *, keep_alive: float = 5.0,
                  max_connections: int = 1000, access_log: bool = False) -> None:
-        cur = app.holder.current
-        assert cur is not None, "build() loads the first version"
         self.app = app
         self.holder = app.holder
         self.listeners = listeners
         self.size = workers
         self.options: dict[str, Any] = {"keep_alive": keep_alive, "max_connections": max_connections,
                                         "access_log": access_log}
-        self.target = Target(cur.version, None, cur.card)
-        self.format = cur.format
+        self.slots = {name: Slot(name, h) for name, h in holders(app).items()}
+        self.stable = self.slots[STABLE]
         self.children: dict[int, Child] = {}
-        self.error = ""
-        self.swaps = 0
-        self.failures = 0
         self.seq = 0
         self.swap: Swap | None = None
         self.asked: list[tuple[Child, int]] = []  # /admin/reload requests to answer
@@ -307,9 +341,14 @@ class Supervisor:
 
     # -- workers ---------------------------------------------------------------------------------
 
+    @property
+    def target(self) -> Target:
+        """The version every worker serves (the stable slot's)."""
+        return self.stable.target
+
     def state(self) -> dict[str, Any]:
-        return {"supervisor": os.getpid(), "error": self.error, "swaps": self.swaps,
-                "failures": self.failures, "workers": [c.row() for c in self.children.values()]}
+        return {"supervisor": os.getpid(), "slots": {name: slot.counts() for name, slot in self.slots.items()},
+                "workers": [c.row() for c in self.children.values()]}
 
     def broadcast(self) -> None:
         state = self.state()
@@ -356,7 +395,8 @@ class Supervisor:
             self._wake_r.close()
             self._wake_w.close()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-            code = work(self.app, self.listeners, conn, self.target, state, self.options)
+            targets = {name: slot.target for name, slot in self.slots.items()}
+            code = work(self.app, self.listeners, conn, targets, state, self.options)
         except BaseException:  # noqa: BLE001 - nothing may escape into the parent's code
             log.exception("worker %d failed", os.getpid())
         finally:
@@ -399,7 +439,8 @@ class Supervisor:
     def _on_message(self, child: Child, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "ready":
-            child.version = message[1]
+            child.version = message[1][STABLE]
+            child.candidate = message[1].get(CANDIDATE)
             child.memory = memory(child.pid)
             log.info("worker %d ready, serving v%s", child.pid, child.version,
                      extra={"pid": child.pid, "version": child.version})
@@ -437,43 +478,52 @@ class Supervisor:
     # -- following the registry ------------------------------------------------------------------
 
     def reload(self, reason: str) -> str:
-        """Re-resolve the spec; swap every worker to what it names, or none. Returns what happened."""
+        """Re-resolve every slot's spec; swap every worker to what each names, or none.
+
+        Returns:
+            What happened to the stable slot (as :meth:`Holder.reload` says it).
+        """
+        outcomes = {name: self._reload(slot, reason) for name, slot in self.slots.items()}
+        return outcomes[STABLE]
+
+    def _reload(self, slot: Slot, reason: str) -> str:
         try:
-            directory, card = self.holder.resolve()
+            directory, card = slot.holder.resolve()
         except ShelfError as exc:
-            return self._refuse(exc.message, reason)
+            return self._refuse(slot, exc.message, reason)
         except Exception as exc:  # noqa: BLE001 - a failure to resolve must leave the old version serving
-            return self._refuse(f"{type(exc).__name__}: {exc}", reason, exc)
-        if same(card, self.target.card):
-            outcome = f"unchanged: v{self.target.version}"
-            if self.error:
-                log.info("%s: %s no longer refused; v%s serves on", reason, self.holder.spec, self.target.version)
-                self.error = ""
+            return self._refuse(slot, f"{type(exc).__name__}: {exc}", reason, exc)
+        if same(card, slot.target.card):
+            outcome = f"unchanged: v{slot.target.version}"
+            if slot.error:
+                log.info("%s: %s no longer refused; v%s serves on", reason, slot.holder.spec, slot.target.version)
+                slot.error = ""
                 self.broadcast()
             else:
-                log.log(logging.DEBUG if reason == POLL else logging.INFO, "%s: %s", reason, outcome)
+                log.log(logging.DEBUG if reason == POLL else logging.INFO, "%s: %s%s", reason, slot.label, outcome)
             return outcome
-        return self._swap(Target(str(card["version"]), str(directory), card), reason)
+        return self._swap(slot, Target(str(card["version"]), str(directory), card), reason)
 
-    def _swap(self, target: Target, reason: str) -> str:
-        old = self.target.version
+    def _swap(self, slot: Slot, target: Target, reason: str) -> str:
+        old = slot.target.version
+        what = f"{slot.label}swap to v{target.version}"
         self.seq += 1
         sw = self.swap = Swap(self.seq, target, set(self.children))
         # A poll meeting a version already refused tries it again, as one server does, but quietly.
-        quiet = reason == POLL and bool(self.error)
-        log.log(logging.DEBUG if quiet else logging.INFO, "swap to v%s (%s): %d workers preparing",
-                target.version, reason, len(sw.waiting),
-                extra={"version": target.version, "previous": old, "reason": reason, "workers": len(sw.waiting)})
+        quiet = reason == POLL and bool(slot.error)
+        log.log(logging.DEBUG if quiet else logging.INFO, "%s (%s): %d workers preparing", what, reason,
+                len(sw.waiting), extra={"slot": slot.name, "version": target.version, "previous": old,
+                                        "reason": reason, "workers": len(sw.waiting)})
         try:
             for child in list(self.children.values()):
-                self._send(child, ("prepare", sw.seq, target.directory, target.card))
+                self._send(child, ("prepare", sw.seq, slot.name, target.directory, target.card))
             deadline = time.monotonic() + PREPARE_DEADLINE
             while sw.waiting and sw.refusal is None and not self.stopping and time.monotonic() < deadline:
                 self.pump(deadline - time.monotonic())
             if self.stopping:
                 for child in list(self.children.values()):
                     self._send(child, ("abort", sw.seq))
-                log.info("swap to v%s abandoned: stopping", target.version)
+                log.info("%s abandoned: stopping", what)
                 return f"unchanged: v{old} (stopping)"
             if sw.refusal is None and sw.waiting:
                 sw.refusal = next(iter(sw.waiting)), f"no answer in {PREPARE_DEADLINE:g}s"
@@ -481,18 +531,19 @@ class Supervisor:
                 pid, why = sw.refusal or (0, "no worker is running")
                 for child in list(self.children.values()):
                     self._send(child, ("abort", sw.seq))
-                again = quiet and self.error == f"refused {self.holder.spec}: {why}"
-                log.log(logging.DEBUG if again else logging.ERROR, "swap to v%s aborted: worker %d: %s; every "
-                        "worker keeps v%s", target.version, pid, why, old,
-                        extra={"version": target.version, "kept": old, "pid": pid, "reason": reason})
-                return self._refuse(why, reason, logged=True)  # no pid: the same refusal counts once
-            log.info("swap to v%s prepared by all %d workers: committing", target.version, len(sw.formats),
-                     extra={"version": target.version, "workers": len(sw.formats)})
+                again = quiet and slot.error == f"refused {slot.holder.spec}: {why}"
+                log.log(logging.DEBUG if again else logging.ERROR, "%s aborted: worker %d: %s; every worker keeps "
+                        "v%s", what, pid, why, old,
+                        extra={"slot": slot.name, "version": target.version, "kept": old, "pid": pid,
+                               "reason": reason})
+                return self._refuse(slot, why, reason, logged=True)  # no pid: the same refusal counts once
+            log.info("%s prepared by all %d workers: committing", what, len(sw.formats),
+                     extra={"slot": slot.name, "version": target.version, "workers": len(sw.formats)})
             sw.waiting = set(self.children)
             for child in list(self.children.values()):
                 self._send(child, ("commit", sw.seq, reason))
-            self.target = target
-            self.format = next(iter(sw.formats.values()), self.format)
+            slot.target = target
+            slot.format = next(iter(sw.formats.values()), slot.format)
             deadline = time.monotonic() + COMMIT_DEADLINE
             while sw.waiting and time.monotonic() < deadline:
                 self.pump(deadline - time.monotonic())
@@ -504,27 +555,31 @@ class Supervisor:
                     pass
         finally:
             self.swap = None
-        self.holder.current = None  # the start-up copy: restarted workers load the target instead
+        slot.holder.current = None  # the start-up copy: restarted workers load the target instead
         for child in self.children.values():
             if child.pid not in sw.waiting:
-                child.version = target.version
-        self.swaps += 1
-        self.error = ""
-        log.info("swap to v%s committed on %d workers (was v%s, %s)", target.version,
-                 len(self.children) - len(sw.waiting), old, reason,
-                 extra={"version": target.version, "previous": old, "reason": reason})
+                if slot.name == STABLE:
+                    child.version = target.version
+                else:
+                    child.candidate = target.version
+        slot.swaps += 1
+        slot.error = ""
+        log.info("%s committed on %d workers (was v%s, %s)", what, len(self.children) - len(sw.waiting), old, reason,
+                 extra={"slot": slot.name, "version": target.version, "previous": old, "reason": reason})
         self.broadcast()
-        return f"serving v{target.version} ({self.format}), was v{old}"
+        return f"serving v{target.version} ({slot.format}), was v{old}"
 
-    def _refuse(self, message: str, reason: str, exc: BaseException | None = None, logged: bool = False) -> str:
-        error = f"refused {self.holder.spec}: {message}"
-        new = error != self.error
+    def _refuse(self, slot: Slot, message: str, reason: str, exc: BaseException | None = None,
+                logged: bool = False) -> str:
+        error = f"refused {slot.holder.spec}: {message}"
+        new = error != slot.error
         if new:  # a refused version counts once, not once per poll
-            self.failures += 1
-        self.error = error
+            slot.failures += 1
+        slot.error = error
         if not logged and (new or reason != POLL):
             log.log(logging.WARNING if exc is None else logging.ERROR, "%s (%s); still serving v%s", error, reason,
-                    self.target.version, exc_info=exc, extra={"version": self.target.version, "reason": reason})
+                    slot.target.version, exc_info=exc,
+                    extra={"slot": slot.name, "version": slot.target.version, "reason": reason})
         self.broadcast()
         return error
 
@@ -543,10 +598,14 @@ class Supervisor:
         h = self.holder
         where = urls(self.listeners)
         log.info("modelshelf %s serving %s v%s (%s) on %s following '%s' with %d workers (supervisor %d)",
-                 __version__, self.target.card["name"], self.target.version, self.format, " and ".join(where),
+                 __version__, self.target.card["name"], self.target.version, self.stable.format, " and ".join(where),
                  h.spec, self.size, os.getpid(),
                  extra={"modelshelf": __version__, "version": self.target.version, "urls": where,
                         "following": h.spec, "poll": h.poll, "workers": self.size, "supervisor": os.getpid()})
+        if CANDIDATE in self.slots:
+            cand = self.slots[CANDIDATE]
+            log.info("every worker serves candidate v%s beside it, following '%s'", cand.target.version,
+                     cand.holder.spec, extra={"candidate": cand.target.version, "following": cand.holder.spec})
         started = time.monotonic()
         try:
             for _ in range(self.size):
@@ -561,8 +620,8 @@ class Supervisor:
             self._wake_r.close()
             self._wake_w.close()
         log.info("shut down after %.0f s serving v%s (swaps: %d, refused versions: %d)", time.monotonic() - started,
-                 self.target.version, self.swaps, self.failures,
-                 extra={"version": self.target.version, "swaps": self.swaps, "refused": self.failures})
+                 self.target.version, self.stable.swaps, self.stable.failures,
+                 extra={"version": self.target.version, "swaps": self.stable.swaps, "refused": self.stable.failures})
         return 0
 
     def _loop(self) -> None:
