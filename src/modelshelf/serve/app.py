@@ -23,7 +23,9 @@ from modelshelf.serve.payload import BadRequest, loads, loads_large, release
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-Reply = tuple[int, bytes, bytes]  # status, content type, body
+# status, content type, body; the content type may be followed by more header lines, each after
+# a CRLF (an Open Inference Protocol answer with binary outputs: oip.binary_type), which go out as they are
+Reply = tuple[int, bytes, bytes]
 Later = Callable[[], Reply]  # makes a reply, off the server's loop
 
 JSON = b"application/json"
@@ -68,10 +70,12 @@ class App:
         # about a millisecond, and two threads taking turns at it keep the loop waiting longer.
         self._decoding = threading.Lock()
 
-    def handle(self, method: str, path: str, body: bytes, authorization: bytes = b"", key: bytes = b"") -> Reply | Later:
+    def handle(self, method: str, path: str, body: bytes, authorization: bytes = b"", key: bytes = b"", *,
+               inference_header: bytes = b"") -> Reply | Later:
         """The answer to one request: a reply (a tuple) now, or a function that makes it, to
         call outside the server's loop.  HEAD is answered as GET (the transport drops the body).
-        ``key``: the value of the canary's routing header, if the request has it."""
+        ``key``: the value of the canary's routing header, if the request has it;
+        ``inference_header``: its ``Inference-Header-Content-Length`` (a binary v2 inference)."""
         start = time.perf_counter()
         try:
             if path == "/predict" and method == "POST":
@@ -100,7 +104,7 @@ class App:
                     return self._done(path, start, refused)
                 return self._later(path, start, self._reload)
             if path.startswith("/v2"):
-                return self._v2(method, path, body, start, key)
+                return self._v2(method, path, body, start, key, inference_header)
             return self._done(path, start, self._other(path, method), method=method)
         except BadRequest as exc:
             label = f"/v2/{r[0]}" if path.startswith("/v2") and (r := oip.route(path)) else path
@@ -109,7 +113,8 @@ class App:
             log.exception("%s %s failed", method, path)
             return self._done(path, start, _internal(exc))
 
-    def _v2(self, method: str, path: str, body: bytes, start: float, key: bytes = b"") -> Reply | Later:
+    def _v2(self, method: str, path: str, body: bytes, start: float, key: bytes = b"",
+            inference_header: bytes = b"") -> Reply | Later:
         """The Open Inference Protocol's routes (:mod:`modelshelf.serve.oip`).  Beside a canary,
         an inference naming the candidate's version gets the candidate, one naming none is
         routed by its key as ``/predict`` is."""
@@ -127,17 +132,21 @@ class App:
                 elif cand is not None and version == cand.version:
                     loaded = cand
             if len(body) > INLINE_BODY:
-                return self._later(label, start, lambda: self._infer_large(name, version, loaded, body))
-            reply, rows = oip.infer(name, version, loaded, body, False, loaded.runner.predict if loaded else _none)
+                return self._later(label, start, lambda: self._infer_large(name, version, loaded, body,
+                                                                           inference_header))
+            reply, rows = oip.infer(name, version, loaded, body, False, loaded.runner.predict if loaded else _none,
+                                    inference_header)
             return self._done(label, start, reply, rows)
         if method == "GET" and what != "infer":
             return self._done(label, start, oip.get(what, name, version, self.holder.current))
         return self._done(label, start, (405, JSON, orjson.dumps(
             {"error": f"method not allowed: {path} takes {oip.allowed(what).decode()}"})))
 
-    def _infer_large(self, name: str | None, version: str | None, loaded: Any, body: bytes) -> tuple[Reply, int]:
+    def _infer_large(self, name: str | None, version: str | None, loaded: Any, body: bytes,
+                     inference_header: bytes) -> tuple[Reply, int]:
         with self._decoding:  # as /predict's large bodies: one decoded at a time
-            return oip.infer(name, version, loaded, body, True, loaded.runner.predict if loaded else _none)
+            return oip.infer(name, version, loaded, body, True, loaded.runner.predict if loaded else _none,
+                             inference_header)
 
     def _done(self, path: str, start: float, reply: Reply, rows: int = 0, method: str = "POST") -> Reply:
         known = path if (path in ROUTES or path in V2_LABELS) and (path != "/predict" or method == "POST") \
@@ -267,8 +276,10 @@ class App:
             reply: Reply = self._done(path, time.perf_counter(), (exc.status, JSON, orjson.dumps(exc.body())))
         else:
             headers = dict(scope.get("headers") or [])
+            binary = headers.get(b"inference-header-content-length")  # passed only when given, as httpd does
             result = self.handle("GET" if method == "HEAD" else method, path, body,
-                                 headers.get(b"authorization", b""), headers.get(self.key_header, b""))
+                                 headers.get(b"authorization", b""), headers.get(self.key_header, b""),
+                                 **({"inference_header": binary} if binary else {}))
             if isinstance(result, tuple):
                 reply = result
             else:
@@ -276,7 +287,9 @@ class App:
 
                 reply = await asyncio.to_thread(result)
         status, ctype, data = reply
+        ctype, *more = ctype.split(b"\r\n")  # header lines after the content type (see Reply)
         headers = [(b"content-type", ctype), (b"content-length", str(len(data)).encode())]
+        headers += [(name.lower(), value) for name, _, value in (line.partition(b": ") for line in more)]
         if status == 405:
             headers.append((b"allow", allowed(path)))
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -99,12 +99,14 @@ class _Stop(Exception):
 class Request:
     """A parsed request whose answer waits for those ahead of it (or for the client to read)."""
 
-    __slots__ = ("method", "path", "body", "authorization", "close", "head_only", "started", "key")
+    __slots__ = ("method", "path", "body", "authorization", "close", "head_only", "started", "key",
+                 "inference_header")
 
     def __init__(self, method: str, path: str, body: bytes, authorization: bytes, close: bool,
-                 head_only: bool, started: float, key: bytes = b"") -> None:
+                 head_only: bool, started: float, key: bytes = b"", inference_header: bytes = b"") -> None:
         self.method, self.path, self.body, self.authorization = method, path, body, authorization
         self.close, self.head_only, self.started, self.key = close, head_only, started, key
+        self.inference_header = inference_header
 
 
 class Pending:
@@ -164,6 +166,7 @@ class Connection:
         self.head_raw = 0  # head bytes fed while the head was incomplete (all spacing, per SLICE)
         self.authorization = b""
         self.key = b""  # the canary's routing header (App.key_header), when it has one
+        self.inference_header = b""  # Inference-Header-Content-Length (a binary v2 inference), when it has one
         self.expect_continue = False
         self.body: list[bytes] = []
         self.body_size = 0
@@ -351,6 +354,8 @@ class Connection:
             self.authorization = value
         elif lower == self.app.key_header:
             self.key = value
+        elif lower == b"inference-header-content-length":  # given twice: a list, refused by the app
+            self.inference_header = value if not self.inference_header else self.inference_header + b", " + value
         elif lower == b"expect" and value.lower() == b"100-continue":
             self.expect_continue = True
         elif lower == b"content-length" and value.strip().isdigit() and int(value) > self.app.max_body:
@@ -386,9 +391,9 @@ class Connection:
         name = "GET" if head_only else method.decode("latin-1")
         if self.queue or len(self.out) > HIGH_WATER:  # answered when those ahead are sent
             self.queue.append(Request(name, path, body, self.authorization, close, head_only, self.started,
-                                      self.key))
+                                      self.key, self.inference_header))
             return
-        result = self.app.handle(name, path, body, self.authorization, self.key)
+        result = self._handle(name, path, body, self.authorization, self.key, self.inference_header)
         if type(result) is tuple and not head_only:  # the common case, inline
             status, ctype, data = result  # type: ignore[misc]
             self._write((_head(status, ctype, len(data), close) if status != 405
@@ -396,13 +401,21 @@ class Connection:
             if self.server.access is not None:
                 self._log(name, path, status, len(data), self.started)
         else:
-            self._answered(Request(name, path, body, self.authorization, close, head_only, self.started, self.key),
-                           result)
+            self._answered(Request(name, path, body, self.authorization, close, head_only, self.started, self.key,
+                                   self.inference_header), result)
 
     # -- answers ---------------------------------------------------------------------------------
 
+    def _handle(self, method: str, path: str, body: bytes, authorization: bytes, key: bytes,
+                inference_header: bytes) -> Reply | Callable[[], Reply]:
+        """``App.handle``, given ``inference_header`` only when the request has one (so an app
+        overriding ``handle`` with the arguments it had before still serves everything else)."""
+        if inference_header:
+            return self.app.handle(method, path, body, authorization, key, inference_header=inference_header)
+        return self.app.handle(method, path, body, authorization, key)
+
     def _answer(self, r: Request) -> None:
-        self._answered(r, self.app.handle(r.method, r.path, r.body, r.authorization, r.key))
+        self._answered(r, self._handle(r.method, r.path, r.body, r.authorization, r.key, r.inference_header))
 
     def _answered(self, r: Request, result: Reply | Callable[[], Reply]) -> None:
         if type(result) is tuple:
