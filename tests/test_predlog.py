@@ -108,6 +108,12 @@ def test_served_traffic_is_logged_and_checked_for_drift(module_project: tuple[Pr
     assert same.returncode == 0, same.stderr
     report = json.loads(same.stdout)
     assert "3 requests" in report["data"] and report["rows"] == len(frame)
+    (name,) = os.listdir(logdir)
+    with open(logdir / name, "ab") as fh:
+        fh.write(b'{"time":"2026-12-03T00:00:00.000Z","model":"m","vers')  # what kill -9 leaves
+    cut = _drift(p, env, "--from-log", str(logdir), "--json")
+    assert cut.returncode == 0, cut.stderr
+    assert "3 requests" in (data := json.loads(cut.stdout)["data"]) and "1 line cut short skipped" in data
 
     shifted = tmp_path / "shifted"
     log = PredictionLog(str(shifted))

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modelshelf import artefacts
 from modelshelf.card import CARD_FILE, read_card
 from modelshelf.drift.profile import DriftResult, FeatureDrift, compare
 from modelshelf.errors import DataError, IntegrityError
 from modelshelf.params import DriftParams
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from modelshelf.serve.logread import Entry
 
 
 @dataclass(frozen=True)
@@ -194,39 +200,70 @@ def check_log(start: str | Path, directory: str | Path, spec: str | None = None,
         The report, its ``source`` naming the log and the number of requests and rows read.
 
     Raises:
-        DataError: the directory holds no readable record, or the records do not fit the schema.
+        DataError: the directory holds no readable record, a line of the log is malformed (its
+            file, line and field named; a line cut short at a file's end is skipped), or the
+            records do not fit the schema.
     """
     import pandas as pd
 
     from modelshelf.params import load_params
     from modelshelf.project import find_root
-    from modelshelf.serve.predlog import read
+    from modelshelf.serve.logread import read_log
 
-    where = Path(directory)
-    if not where.is_dir():
-        raise DataError(str(where), "not a directory", "give the DIR of `shelf serve --log-predictions DIR`")
-    records = read(str(where))
-    if not records:
-        raise DataError(str(where), "no prediction log records",
+    log = read_log(directory)
+    where = Path(log.directory)
+    if not log.entries:
+        files = f"{log.files} log file{'s' if log.files != 1 else ''}"
+        raise DataError(str(where), f"no prediction log records in {files}{log.skipped()}",
                         "serve with `--log-predictions DIR` and send some traffic first")
+    versions = [entry.get("version", "text") for entry in log.entries]
     if spec is None:
-        spec = f"v{records[-1]['version']}"
-    frames = []
-    for i, rec in enumerate(records):
-        req = rec.get("request")
-        if isinstance(req, dict) and isinstance(req.get("rows"), list):
-            frames.append(pd.DataFrame.from_records(req["rows"]))
-        elif isinstance(req, dict) and isinstance(req.get("columns"), dict):
-            frames.append(pd.DataFrame(req["columns"]))
-        else:
-            raise DataError(str(where), f"record {i + 1} holds no rows or columns", "check the log's files")
-    frame = pd.concat(frames, ignore_index=True)
+        spec = f"v{versions[-1]}"
+    frame = pd.concat([_request_frame(entry) for entry in log.entries], ignore_index=True)
     ref = reference(start, spec)
     schema = ref.card["input_schema"]
     cats = [f["name"] for f in schema["features"] if f["kind"] == "categorical" and f["name"] in frame.columns]
     frame = frame.astype({k: object for k in cats})
     if thresholds is None:
         thresholds = load_params(find_root(start) / "params.yaml").drift
-    versions = sorted({str(r.get("version")) for r in records})
-    source = Path(f"{where} ({len(records)} requests, {len(frame)} rows, served by v{', v'.join(versions)})")
+    served = sorted(set(versions))
+    source = Path(f"{where} ({len(log.entries)} requests, {len(frame)} rows, served by v{', v'.join(served)}"
+                  f"{log.skipped()})")
     return _compared(start, ref, schema, frame, thresholds, predictions, source)
+
+
+def _request_frame(entry: Entry) -> pd.DataFrame:
+    """The rows of one logged request (``rows``: objects; ``columns``: equal-length arrays), its
+    values JSON scalars; a refusal names the record's file and line."""
+    import pandas as pd
+
+    from modelshelf.serve.logread import shown
+
+    request = entry.get("request", "object")
+    if "rows" in request:
+        rows = entry.get("request.rows", "list")
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                entry.refuse(f'field "request.rows" holds {shown(row)} (row {i + 1}), not an object')
+            _scalars(entry, "request.rows", row.values())
+        return pd.DataFrame.from_records(rows)
+    if "columns" in request:
+        columns = entry.get("request.columns", "object")
+        lengths: set[int] = set()
+        for name, values in columns.items():
+            entry.check(f"request.columns.{name}", values, "list")
+            _scalars(entry, f"request.columns.{name}", values)
+            lengths.add(len(values))
+        if len(lengths) > 1:
+            entry.refuse(f'field "request.columns" holds arrays of lengths {sorted(lengths)}, not of one length')
+        return pd.DataFrame(columns)
+    entry.refuse('field "request" holds neither "rows" nor "columns"')
+
+
+def _scalars(entry: Entry, name: str, values: Iterable[Any]) -> None:
+    """Refuse a value of the field ``name`` that is an array or an object (a cell holds a JSON scalar)."""
+    from modelshelf.serve.logread import shown
+
+    for value in values:
+        if isinstance(value, dict | list):
+            entry.refuse(f'field "{name}" holds {shown(value)}, not a number, string, boolean or null')

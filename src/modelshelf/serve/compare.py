@@ -8,6 +8,7 @@ samples come from one population), so only their distributions and latencies com
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections import Counter
@@ -16,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from modelshelf.errors import DataError
-from modelshelf.serve.predlog import read
+from modelshelf.serve.logread import Entry, read_log
+from modelshelf.serve.logread import shown as _shown
 
 REL_TOL = 0.05  # two regression predictions agree within 5 %
+ROLES = ("stable", "canary", "shadow")  # a record without a role is a server's without a candidate
 
 
 @dataclass(frozen=True)
@@ -53,13 +56,17 @@ class Comparison:
     errors: int  # requests the shadow could not answer
     promote: bool
     reasons: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # cut_short (lines), not_compared (records)
 
     def to_json(self) -> dict[str, Any]:
         """What ``shelf canary report --json`` prints."""
         return {"mode": self.mode, "task": self.task, "stable": self.stable.to_json(),
-                "candidate": self.candidate.to_json(), "agreement": self.agreement, "shift": self.shift,
+                "candidate": self.candidate.to_json(), "agreement": self.agreement,
+                "shift": self.shift if math.isfinite(self.shift) else None,  # one side has no predictions
                 "classes": {k: {"stable": s, "candidate": c} for k, (s, c) in self.classes.items()},
-                "errors": self.errors, "verdict": "promote" if self.promote else "hold", "reasons": self.reasons}
+                "errors": self.errors, "verdict": "promote" if self.promote else "hold", "reasons": self.reasons,
+                "skipped": {"cut_short": self.skipped.get("cut_short", 0),
+                            "not_compared": self.skipped.get("not_compared", 0)}}
 
     def text(self) -> str:
         """The report as lines for a terminal."""
@@ -79,8 +86,22 @@ class Comparison:
         p99 = lambda side: "-" if side.latency(0.99) is None else f"{side.latency(0.99):.2f}"  # noqa: E731
         lines.append(f"  latency ms p50/p99: stable {p50(s)}/{p99(s)}, candidate {p50(c)}/{p99(c)}"
                      + (" (the shadow's: scoring only, no HTTP)" if self.mode == "shadow" else ""))
+        if skipped := _skipped(self.skipped):
+            lines.append(f"  skipped: {skipped}")
         lines += [f"  - {r}" for r in self.reasons]
         return "\n".join(lines) + "\n"
+
+
+def _skipped(counts: dict[str, int]) -> str:
+    """What was left out, in words (empty when nothing was)."""
+    cut, other = counts.get("cut_short", 0), counts.get("not_compared", 0)
+    parts = []
+    if cut:
+        parts.append(f"{cut} line{'s' if cut != 1 else ''} cut short (a server killed or still writing)")
+    if other:
+        parts.append(f"{other} record{'s' if other != 1 else ''} outside this comparison "
+                     "(no canary or shadow role, or an older pair of versions)")
+    return ", ".join(parts)
 
 
 def compare(directory: str | Path, *, min_agreement: float = 0.95, max_shift: float = 0.05,
@@ -102,31 +123,66 @@ def compare(directory: str | Path, *, min_agreement: float = 0.95, max_shift: fl
         The comparison; ``promote`` is True when every check holds.
 
     Raises:
-        DataError: the directory is missing or holds no canary or shadow records.
+        DataError: the directory is missing or holds no canary or shadow records, or a line of
+            the log is malformed (its file, line and field named); a line cut short at a file's
+            end is skipped and counted in ``skipped``.
     """
-    where = Path(directory)
-    if not where.is_dir():
-        raise DataError(str(where), "no such directory", "give the --log-predictions directory of `shelf serve`")
-    records = [r for r in read(str(where)) if r.get("role") in ("shadow", "stable", "canary")]
+    log = read_log(directory)
+    where = log.directory
+    records = [_checked(e) for e in log.entries if "role" in e.record]
     if not records:
-        raise DataError(str(where), "no canary or shadow records in the prediction log",
+        n, cut = len(log.entries), log.cut_short
+        held = [text for count, text in ((n, f"{n} record{'s' if n != 1 else ''} without a canary or shadow role"),
+                                         (cut, f"{cut} line{'s' if cut != 1 else ''} cut short")) if count]
+        raise DataError(where, "no canary or shadow records in the prediction log"
+                        + (f" ({', '.join(held)})" if held else ""),
                         "serve with --canary or --shadow and --log-predictions DIR first")
     newest = records[-1]
     if newest["role"] == "shadow":
-        return _shadow([r for r in records if r["role"] == "shadow" and r["version"] == newest["version"]
-                        and r["shadow"]["version"] == newest["shadow"]["version"]],
-                       min_agreement, max_shift, max_regression_shift, max_latency_ratio, min_requests)
-    pair = _canary_pair(records)
-    return _canary([r for r in records if r["role"] != "shadow" and r["version"] in pair], pair,
-                   max_shift, max_regression_shift, max_latency_ratio, min_requests)
+        mine = [r for r in records if r["role"] == "shadow" and r["version"] == newest["version"]
+                and r["shadow"]["version"] == newest["shadow"]["version"]]
+        done = _shadow(mine, min_agreement, max_shift, max_regression_shift, max_latency_ratio, min_requests)
+    else:
+        pair = _canary_pair(records, where)
+        mine = [r for r in records if r["role"] != "shadow" and r["version"] in pair]
+        done = _canary(mine, pair, max_shift, max_regression_shift, max_latency_ratio, min_requests)
+    return dataclasses.replace(done, skipped={"cut_short": log.cut_short,
+                                              "not_compared": len(log.entries) - len(mine)})
 
 
-def _canary_pair(records: list[dict[str, Any]]) -> tuple[str, str]:
+def _checked(entry: Entry) -> dict[str, Any]:
+    """A canary's or shadow's record, its fields checked (a refusal names its file and line)."""
+    role = entry.get("role", "text")
+    if role not in ROLES:
+        entry.refuse(f'field "role" is {_shown(role)}, not "stable", "canary" or "shadow"')
+    entry.get("version", "text")
+    entry.get("latency_ms", "number")
+    _answer(entry, "response")
+    if role == "shadow":
+        entry.get("shadow.version", "text")
+        entry.get("shadow.latency_ms", "number")
+        if entry.has("shadow.response") or not entry.has("shadow.status"):
+            _answer(entry, "shadow.response")
+        else:
+            entry.get("shadow.status", "integer")
+    return entry.record
+
+
+def _answer(entry: Entry, name: str) -> None:
+    """Refuse the answer ``name`` unless it is an object whose predictions are a list of classes or numbers."""
+    entry.get(name, "object")
+    for i, value in enumerate(entry.get(f"{name}.predictions", "list")):
+        if not isinstance(value, str | int | float):  # a bool too: a class
+            entry.refuse(f'field "{name}.predictions" holds {_shown(value)} (item {i + 1}), '
+                         "not a class or a number")
+
+
+def _canary_pair(records: list[dict[str, Any]], where: str) -> tuple[str, str]:
     """The (stable, candidate) versions of the newest canary records."""
     stable = next((r["version"] for r in reversed(records) if r["role"] == "stable"), None)
     cand = next((r["version"] for r in reversed(records) if r["role"] == "canary"), None)
     if stable is None or cand is None:
-        raise DataError("prediction log", "the canary's records hold only one side",
+        raise DataError(where, "the canary's records hold only one side",
                         "let the canary answer its share of requests, then report again")
     return stable, cand
 

@@ -200,15 +200,9 @@ def _line(at: float, model: str, version: str, request: bytes, response: bytes, 
 
 
 def read(directory: str) -> list[dict[str, Any]]:
-    """Every record in ``directory``'s log files, oldest file first; a line cut short by a kill
-    (the last of a file) is skipped."""
-    out = []
-    files = sorted(f for f in os.listdir(directory) if f.startswith(PREFIX) and f.endswith(SUFFIX))
-    for name in files:
-        with open(os.path.join(directory, name), "rb") as fh:
-            for line in fh:
-                try:
-                    out.append(orjson.loads(line))
-                except orjson.JSONDecodeError:
-                    continue
-    return out
+    """Every record in ``directory``'s log files, oldest file first, as
+    :func:`modelshelf.serve.logread.read_log` reads them: a line cut short by a kill (the last of
+    a file) is skipped, any other malformed line is a ``DataError``."""
+    from modelshelf.serve.logread import read_log  # not at start-up: only readers need it
+
+    return [entry.record for entry in read_log(directory).entries]
