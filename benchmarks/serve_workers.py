@@ -10,7 +10,8 @@ is stopped on the way out; ``wrk`` shares the machine's cores with the servers, 
 generator on one host does.
 
 1. **Throughput and p99**: for one-row bodies and 100-row bodies of the held-out set, ``wrk``
-   with 1, 4 and 16 connections (``--seconds`` each, after a one-second warm-up) against
+   with 1, 4 and 16 connections (``--seconds`` each, after a one-second warm-up; the medians
+   of ``--rounds`` rounds, the servers interleaved) against
    ``shelf serve --workers 1``, ``--workers 2`` and ``uvicorn --workers 2`` serving
    ``modelshelf.serve.server.build("models")`` (httptools, no access log).  Every answer is
    checked to be a 200 (wrk counts the others).
@@ -180,16 +181,27 @@ wrk.headers["Content-Type"] = "application/json"
 
 def throughput(root: Path, env: dict[str, str], work: Path, files: dict[str, Path], a: argparse.Namespace
                ) -> dict[str, dict[str, dict[int, dict[str, float]]]]:
-    """server → body → connections → wrk's figures."""
-    out: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
-    for kind in ("shelf-1", "shelf-2", "uvicorn-2"):
-        print(f"measuring {kind} ...", file=sys.stderr)
-        with server(kind, root, env, work) as port:
-            for body, path in files.items():
-                wrk(port, path, 4, 1.0, work / "post.lua")  # warm-up: caches, branch predictors, workers
-                out.setdefault(kind, {})[body] = {c: wrk(port, path, c, a.seconds, work / "post.lua")
-                                                  for c in CONNECTIONS}
-    return out
+    """server → body → connections → the medians of wrk's figures over ``--rounds`` rounds, the
+    servers in turn within each round (the order reversed every other round), so that a slow
+    spell of the machine meets every server alike."""
+    kinds = ("shelf-1", "shelf-2", "uvicorn-2")
+    runs: dict[str, dict[str, dict[int, list[dict[str, float]]]]] = {}
+    for r in range(a.rounds):
+        for kind in kinds if r % 2 == 0 else kinds[::-1]:
+            print(f"round {r + 1}/{a.rounds}: measuring {kind} ...", file=sys.stderr)
+            with server(kind, root, env, work) as port:
+                for body, path in files.items():
+                    wrk(port, path, 4, 1.0, work / "post.lua")  # warm-up: caches, branch predictors, workers
+                    for c in CONNECTIONS:
+                        got = wrk(port, path, c, a.seconds, work / "post.lua")
+                        runs.setdefault(kind, {}).setdefault(body, {}).setdefault(c, []).append(got)
+    return {kind: {body: {c: {"rps": statistics.median(x["rps"] for x in rs),
+                              "p50_ms": statistics.median(x["p50_ms"] for x in rs),
+                              "p99_ms": statistics.median(x["p99_ms"] for x in rs),
+                              "failed": sum(x["failed"] for x in rs)}
+                          for c, rs in per_c.items()}
+                   for body, per_c in per_body.items()}
+            for kind, per_body in runs.items()}
 
 
 def prediction_log(root: Path, env: dict[str, str], work: Path, one: Path, a: argparse.Namespace
@@ -219,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=summary, epilog=details, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--project", type=Path, help="a built project (default: scaffold and build one)")
     p.add_argument("--seconds", type=float, default=5.0, help="length of each wrk run (default 5)")
-    p.add_argument("--rounds", type=positive, default=3, help="prediction-log rounds of each mode (default 3)")
+    p.add_argument("--rounds", type=positive, default=3, help="rounds of every server and of each prediction-log mode; medians "
+                   "are reported (default 3)")
     p.add_argument("--skip-throughput", action="store_true", help="only the prediction log")
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     a = p.parse_args(argv)
