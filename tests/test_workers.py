@@ -543,3 +543,74 @@ def test_a_shadow_with_workers_logs_both_answers_from_every_worker(
                for r in records)
     writers = {int(f.name[len(PREFIX):-len(SUFFIX)].split("-")[1]) for f in logdir.glob(f"{PREFIX}*{SUFFIX}")}
     assert writers == set(conns), writers  # each worker logged its own shadow's records
+
+
+@slow
+def test_connections_opened_at_once_are_shared_out_evenly(two_releases: Project,
+                                                          serve: Callable[..., Server]) -> None:
+    """A client opening 16 connections at once (wrk, a pool) gets 8 ± 2 per worker, whichever
+    worker the kernel wakes first: one worker holding most of them doubles their latency."""
+    p = two_releases
+    s = serve(p.root, "--model", "prod", "--poll", "0", "--workers", "2")
+    workers_on(s, 2, "1.0.0")
+    spreads = []
+    for _ in range(8):
+        conns = [http.client.HTTPConnection("127.0.0.1", s.port, timeout=30) for _ in range(16)]
+        start = threading.Barrier(len(conns))
+
+        def connect(c: http.client.HTTPConnection) -> None:
+            start.wait()
+            c.connect()
+
+        threads = [threading.Thread(target=connect, args=(c,)) for c in conns]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        held: dict[int, int] = {}
+        for c in conns:
+            c.request("GET", "/health")
+            pid = json.loads(c.getresponse().read())["pid"]
+            held[pid] = held.get(pid, 0) + 1
+        for c in conns:
+            c.close()
+        spreads.append(sorted(held.values()))
+        # Closed on the servers' side too before the next round (the table counts each worker's
+        # open connections; the asking one is the only one left).
+        wait_for("the connections closed", lambda: (d := health(s)) is not None
+                 and sum(w["connections"] for w in d["workers"]) == 1, deadline=10, every=0.01)
+    assert all(len(h) == 2 and h[1] - h[0] <= 4 for h in spreads), spreads
+
+
+@slow
+def test_a_stuck_worker_holding_fewer_connections_does_not_starve_new_ones(
+        two_releases: Project, serve: Callable[..., Server]) -> None:
+    """A worker leaves new connections to a sibling holding fewer, but only for a while: with
+    that sibling stopped (SIGSTOP), every new connection is still answered by the other."""
+    p = two_releases
+    # --keep-alive 60: the live worker keeps its connection, so it holds more than the stuck one
+    s = serve(p.root, "--model", "prod", "--poll", "0", "--workers", "2", "--keep-alive", "60")
+    workers_on(s, 2, "1.0.0")
+    conns = pinned(s)
+    live, stuck = sorted(conns)
+    conns.pop(stuck).close()
+    held = conns[live]  # kept open: the live worker holds more connections than the stuck one
+
+    def stuck_holds() -> int | None:
+        held.request("GET", "/health")
+        table = json.loads(held.getresponse().read())["workers"]
+        return next(w["connections"] for w in table if w["pid"] == stuck)
+
+    wait_for("the other worker to hold no connection", lambda: stuck_holds() == 0, deadline=10, every=0.01)
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        answered = []
+        for _ in range(20):
+            conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+            conn.request("GET", "/health")
+            answered.append(json.loads(conn.getresponse().read())["pid"])
+            conn.close()
+        assert answered == [live] * 20, answered
+    finally:
+        os.kill(stuck, signal.SIGCONT)
+        held.close()

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections import deque
+from typing import Any
 
 from modelshelf.errors import ConfigError
 from modelshelf.serve.app import App
@@ -40,6 +41,8 @@ SWEEP = 0.05  # seconds between checks of the connections' deadlines
 # each: a worker accepting a burst would take every connection a client opens at once.
 ACCEPT_BURST = 64
 ACCEPT_PAUSE = 0.25  # seconds a listener rests when the process is out of file descriptors
+DEFER = 0.002  # seconds a worker holding more connections than a sibling leaves new ones to it
+MAX_DEFERS = 5  # times in a row at most: a sibling that is stuck delays a connection 10 ms at most
 MAX_CONNECTIONS = 1000  # open client connections; past it the least useful one makes room
 FULL_WARNING = 10.0  # seconds between two warnings that the server is full
 # A reload verifies and builds the next version in a worker thread; with Python's default
@@ -54,9 +57,11 @@ class Server:
     def __init__(self, app: App, listeners: list[socket.socket] | None = None, *,
                  keep_alive: float = IDLE_TIMEOUT, workers: int = WORKERS,
                  max_connections: int = MAX_CONNECTIONS, access_log: bool = False,
-                 accept_burst: int = ACCEPT_BURST) -> None:
+                 accept_burst: int = ACCEPT_BURST, balance: Any = None) -> None:
         self.app = app
         self.accept_burst = accept_burst
+        self.balance = balance  # with --workers: the siblings' connection counts (workers.Shares)
+        self._defers = 0  # in a row, since this worker last accepted
         self.idle_timeout = keep_alive
         self.max_connections = _descriptor_bound(max_connections)
         self.access = logging.getLogger("modelshelf.serve.access") if access_log else None
@@ -154,6 +159,18 @@ class Server:
                 self.connections.pop(conn.fd, None)
 
     def _accept(self, listener: socket.socket) -> None:
+        bal = self.balance
+        if bal is not None and not self.stopping and self._defers < MAX_DEFERS \
+                and bal.busier(len(self.connections)):
+            # A sibling holding fewer connections was woken too: leave this one to it for a
+            # while, but not for long, should that sibling be stuck.
+            self._defers += 1
+            fd = listener.fileno()
+            if fd not in self.paused:
+                self.poller.unregister(fd)
+                self.paused[fd] = self.now + DEFER
+            return
+        self._defers = 0
         for _ in range(self.accept_burst):  # a burst of connections, but not forever
             try:
                 sock, _addr = listener.accept()
@@ -273,6 +290,8 @@ class Server:
                 self._accept(self.listeners[fd])
         if self.paused:
             self._resume_accepting()
+        if self.balance is not None:
+            self.balance.publish(len(conns))
         return len(events)
 
     def request_stop(self) -> None:
@@ -285,6 +304,8 @@ class Server:
         requests in progress :data:`STOP_GRACE` seconds to finish."""
         next_sweep = self.now + SWEEP
         stop_deadline = 0.0
+        if self.balance is not None:  # here from now on: the siblings may leave connections to it
+            self.balance.publish(0)
         while True:
             if self.stop_requested and not self.stopping:
                 log.info("%s: stopping; no new connections, %d open, requests in progress get %gs",
@@ -295,8 +316,11 @@ class Server:
                                   or all(c.draining for c in self.connections.values())):
                 break
             timed = self.connections or self.stopping or self.paused
+            wait = max(0.0, next_sweep - self.now) if timed else -1
+            if self.paused:  # a listener resting DEFER seconds must not rest until the sweep
+                wait = max(0.0, min(wait, min(self.paused.values()) - self.now))
             try:
-                self.poll_once(max(0.0, next_sweep - self.now) if timed else -1)
+                self.poll_once(wait)
                 if self.now >= next_sweep:
                     next_sweep = self.now + SWEEP
                     self._sweep()
@@ -317,6 +341,8 @@ class Server:
 
     def _begin_stop(self) -> None:
         self.stopping = True
+        if self.balance is not None:  # draining: its siblings take every new connection
+            self.balance.leave()
         for fd, sock in self.listeners.items():
             self._accept(sock)  # connections in the backlog are closed cleanly, not reset
             if fd not in self.paused:
@@ -385,7 +411,8 @@ def listen(host: str, port: int, backlog: int = 1024) -> list[socket.socket]:
 
 
 def run(app: App, listeners: list[socket.socket], *, keep_alive: float = IDLE_TIMEOUT,
-        max_connections: int = MAX_CONNECTIONS, access_log: bool = False, accept_burst: int = ACCEPT_BURST) -> None:
+        max_connections: int = MAX_CONNECTIONS, access_log: bool = False, accept_burst: int = ACCEPT_BURST,
+        balance: Any = None) -> None:
     """Serve ``app`` on ``listeners`` (from :func:`listen`) until SIGTERM or SIGINT.
 
     Args:
@@ -396,12 +423,15 @@ def run(app: App, listeners: list[socket.socket], *, keep_alive: float = IDLE_TI
             lingering, idle or slow one, or is answered 503.
         access_log: log every answer on the ``modelshelf.serve.access`` logger.
         accept_burst: connections accepted per wake-up of a listener (1 for workers sharing it).
+        balance: for workers sharing the listeners, their connection counts
+            (:class:`modelshelf.serve.workers.Shares`): a worker holding more than a sibling
+            leaves new connections to it.
 
     The process-wide settings it changes (the switch interval, the SIGTERM/SIGINT handlers
     and the signal wake-up descriptor) are restored when it returns.
     """
     server = Server(app, listeners, keep_alive=keep_alive, max_connections=max_connections,
-                    access_log=access_log, accept_burst=accept_burst)
+                    access_log=access_log, accept_burst=accept_burst, balance=balance)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL)
     # A signal may land on any thread: its byte on the wake-up socket gets the loop out of poll,

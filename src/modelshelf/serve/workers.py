@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import mmap
 import os
 import selectors
 import signal
@@ -97,6 +98,44 @@ def same(card: dict[str, Any], other: dict[str, Any]) -> bool:
     return str(card["version"]) == str(other["version"]) and card["artefacts"] == other["artefacts"]
 
 
+class Shares:
+    """Every worker's open connections, in memory shared across fork, so that connections a
+    client opens at once are shared out evenly whichever worker the kernel wakes first: a worker
+    that holds more than a sibling leaves a new connection to it (for :data:`DEFER` seconds at
+    most, then takes it; see ``httpd.Server._accept``).  Slot ``me`` is this worker's."""
+
+    ABSENT = 0xFFFFFFFF  # a slot with no live worker: never the less busy one
+
+    def __init__(self, size: int) -> None:
+        self._mem = mmap.mmap(-1, 4 * size)  # anonymous and MAP_SHARED: forked workers see one copy
+        self.counts = memoryview(self._mem).cast("I")
+        for i in range(size):
+            self.counts[i] = self.ABSENT
+        self.me = -1
+        self._last = -1
+
+    def publish(self, n: int) -> None:
+        """This worker holds ``n`` connections (called once per turn of its loop)."""
+        if n != self._last:
+            self._last = n
+            self.counts[self.me] = n
+
+    def busier(self, n: int) -> bool:
+        """Whether a live sibling holds fewer than ``n`` connections."""
+        me = self.me
+        return any(c < n for i, c in enumerate(self.counts) if i != me)
+
+    def leave(self, index: int | None = None) -> None:
+        """Mark slot ``index`` (default: this worker's) as having no live worker."""
+        self.counts[self.me if index is None else index] = self.ABSENT
+        self._last = -1
+
+    def held(self, index: int) -> int | None:
+        """The connections the worker in slot ``index`` holds (None: no live worker there)."""
+        c = self.counts[index]
+        return None if c == self.ABSENT else int(c)
+
+
 def holders(app: App) -> dict[str, Holder]:
     """The holders of ``app`` by slot: ``stable``, and ``candidate`` with a canary or shadow."""
     out = {STABLE: app.holder}
@@ -113,6 +152,7 @@ class WorkerApp(App):
     worker's pid (set by :class:`Control` from the parent's ``state`` messages)."""
 
     state: dict[str, Any] | None = None
+    shares: Shares | None = None
 
     def handle(self, method: str, path: str, *rest: Any, **more: Any) -> Reply | Later:
         # The rest of App.handle's arguments pass through as they are, whatever they become.
@@ -121,7 +161,10 @@ class WorkerApp(App):
             doc = orjson.loads(reply[2])
             doc["pid"] = os.getpid()
             doc["supervisor"] = self.state["supervisor"]
-            doc["workers"] = self.state["workers"]
+            doc["workers"] = [dict(w) for w in self.state["workers"]]
+            if self.shares is not None:  # read now: the parent's table would be seconds old
+                for w in doc["workers"]:
+                    w["connections"] = self.shares.held(w["worker"])
             return 200, reply[1], orjson.dumps(doc)
         return reply
 
@@ -215,7 +258,7 @@ class Control:
 
 
 def work(app: App, listeners: list[socket.socket], conn: Connection, targets: dict[str, Target],
-         state: dict[str, Any], options: dict[str, Any]) -> int:
+         state: dict[str, Any], options: dict[str, Any], shares: Shares | None = None) -> int:
     """A worker's life after fork: serve ``targets`` (each slot's, loaded unless inherited) until SIGTERM."""
     from modelshelf.serve import httpd
 
@@ -234,8 +277,10 @@ def work(app: App, listeners: list[socket.socket], conn: Connection, targets: di
     control.start()
     versions = {slot: h.current.version for slot, h in control.holders.items() if h.current is not None}
     assert STABLE in versions
+    if isinstance(app, WorkerApp):
+        app.shares = shares
     control.send(("ready", versions))
-    httpd.run(app, listeners, accept_burst=1, **options)  # share the connections out
+    httpd.run(app, listeners, accept_burst=1, balance=shares, **options)  # share the connections out
     return 0
 
 
@@ -245,9 +290,10 @@ def work(app: App, listeners: list[socket.socket], conn: Connection, targets: di
 class Child:
     """A worker as the parent sees it."""
 
-    def __init__(self, pid: int, conn: Connection) -> None:
+    def __init__(self, pid: int, conn: Connection, index: int) -> None:
         self.pid = pid
         self.conn = conn
+        self.index = index  # its slot in the shared connection counts, reused by its replacement
         self.started = time.monotonic()
         self.started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         self.version: str | None = None  # the stable slot's, once it said it is ready
@@ -256,7 +302,8 @@ class Child:
         self.watched = True  # its pipe is in the parent's selector
 
     def row(self) -> dict[str, Any]:
-        row = {"pid": self.pid, "version": self.version, "started": self.started_at, **self.memory}
+        row = {"worker": self.index, "pid": self.pid, "version": self.version, "started": self.started_at,
+               **self.memory}
         if self.candidate is not None:
             row["candidate"] = self.candidate
         return row
@@ -306,6 +353,7 @@ class Supervisor:
         self.slots = {name: Slot(name, h) for name, h in holders(app).items()}
         self.stable = self.slots[STABLE]
         self.children: dict[int, Child] = {}
+        self.shares = Shares(workers)
         self.seq = 0
         self.swap: Swap | None = None
         self.asked: list[tuple[Child, int]] = []  # /admin/reload requests to answer
@@ -363,6 +411,7 @@ class Supervisor:
 
     def spawn(self, replaces: int | None = None) -> None:
         parent_end, child_end = Pipe(duplex=True)
+        index = min(set(range(self.size)) - {c.index for c in self.children.values()})
         state = self.state()
         # Blocked across fork: the child must not run the parent's handlers before it resets them.
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -370,9 +419,9 @@ class Supervisor:
             pid = os.fork()
             if pid == 0:
                 parent_end.close()
-                self._child(child_end, state)
+                self._child(child_end, state, index)
             child_end.close()
-            self.children[pid] = Child(pid, parent_end)
+            self.children[pid] = Child(pid, parent_end, index)
             self.selector.register(parent_end, selectors.EVENT_READ, self.children[pid])
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
@@ -382,7 +431,7 @@ class Supervisor:
             log.info("restarted worker %d as %d on v%s", replaces, pid, self.target.version,
                      extra={"pid": pid, "replaces": replaces, "version": self.target.version})
 
-    def _child(self, conn: Connection, state: dict[str, Any]) -> NoReturn:
+    def _child(self, conn: Connection, state: dict[str, Any], index: int) -> NoReturn:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
@@ -396,7 +445,8 @@ class Supervisor:
             self._wake_w.close()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
             targets = {name: slot.target for name, slot in self.slots.items()}
-            code = work(self.app, self.listeners, conn, targets, state, self.options)
+            self.shares.me = index
+            code = work(self.app, self.listeners, conn, targets, state, self.options, self.shares)
         except BaseException:  # noqa: BLE001 - nothing may escape into the parent's code
             log.exception("worker %d failed", os.getpid())
         finally:
@@ -411,6 +461,7 @@ class Supervisor:
             if not done:
                 continue
             del self.children[pid]
+            self.shares.leave(child.index)
             self._unwatch(child)
             child.conn.close()
             if self.swap is not None and pid in self.swap.waiting:
