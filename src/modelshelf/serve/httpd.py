@@ -290,7 +290,7 @@ class Server:
                 self._accept(self.listeners[fd])
         if self.paused:
             self._resume_accepting()
-        if self.balance is not None:
+        if self.balance is not None and not self.stopping:  # stopping, it has left (see _begin_stop)
             self.balance.publish(len(conns))
         return len(events)
 

@@ -101,8 +101,9 @@ def same(card: dict[str, Any], other: dict[str, Any]) -> bool:
 class Shares:
     """Every worker's open connections, in memory shared across fork, so that connections a
     client opens at once are shared out evenly whichever worker the kernel wakes first: a worker
-    that holds more than a sibling leaves a new connection to it (for :data:`DEFER` seconds at
-    most, then takes it; see ``httpd.Server._accept``).  Slot ``me`` is this worker's."""
+    that holds more than a sibling leaves a new connection to it (``httpd.DEFER`` seconds at a
+    time, ``httpd.MAX_DEFERS`` times in a row at most; see ``httpd.Server._accept``).  Slot
+    ``me`` is this worker's."""
 
     ABSENT = 0xFFFFFFFF  # a slot with no live worker: never the less busy one
 
