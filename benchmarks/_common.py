@@ -196,6 +196,16 @@ def loopback_env(home: Path) -> dict[str, str]:
 
 # -- command line and output ---------------------------------------------------------------------
 
+def script(main: Callable[[], int]) -> None:
+    """Run a benchmark's ``main`` as a script: exit with its status, or with one line and status
+    1 when the set-up fails (a :class:`BenchError`)."""
+    try:
+        raise SystemExit(main())
+    except BenchError as exc:
+        print(f"benchmark: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def positive(value: str) -> int:
     n = int(value)
     if n < 1:

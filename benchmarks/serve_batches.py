@@ -32,7 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import BIN, BenchError, built_project, check, loadavg, loopback_env, positive, show, tools_missing
+from _common import (BIN, BenchError, built_project, check, loadavg, loopback_env, positive, script, show,
+                     tools_missing)
 
 HERE = Path(__file__).resolve().parent
 START_TIMEOUT = 90.0  # seconds for the server to print its port
@@ -171,8 +172,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except BenchError as exc:
-        print(f"benchmark: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+    script(main)

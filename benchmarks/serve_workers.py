@@ -45,8 +45,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from _common import (BIN, BenchError, built_project, check, loadavg, loopback_env, nproc, positive, show,
-                     tools_missing)
+from _common import (BIN, BenchError, built_project, check, loadavg, loopback_env, nproc, positive, script,
+                     show, tools_missing)
 
 START_TIMEOUT = 90.0
 CONNECTIONS = (1, 4, 16)
@@ -283,8 +283,4 @@ def text(res: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except BenchError as exc:
-        print(f"benchmark: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+    script(main)

@@ -36,7 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import BenchError, bench_env, built_project, check, loadavg, positive, show, tools_missing
+from _common import (BenchError, bench_env, built_project, check, loadavg, positive, script, show,
+                     tools_missing)
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "c86c760"  # the last commit before issue 16's CLI, plots and site work
@@ -134,8 +135,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except BenchError as exc:
-        print(f"benchmark: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+    script(main)
