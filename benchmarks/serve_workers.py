@@ -7,7 +7,10 @@ the same ``App``, and the cost of ``--log-predictions``.
 Needs ``wrk`` (Debian's package) and uvicorn (``pip install -e '.[bench]'``).  Every server
 listens on 127.0.0.1, port 0 for shelf (the port it prints) and a free port for uvicorn, and
 is stopped on the way out; ``wrk`` shares the machine's cores with the servers, as a load
-generator on one host does.
+generator on one host does.  ``wrk`` runs ``--wrk-threads`` threads (1): on 2 cores a second
+thread is a fourth busy thread beside two workers, and p99 at 16 connections then measures the
+scheduler's time slices more than any server (seen here: shelf 2 workers p99 3.3–3.6 ms with 2
+threads, 0.8–0.9 ms with 1, at 30k and 38k req/s).
 
 1. **Throughput and p99**: for one-row bodies and 100-row bodies of the held-out set, ``wrk``
    with 1, 4 and 16 connections (``--seconds`` each, after a one-second warm-up; the medians
@@ -148,9 +151,12 @@ def server(kind: str, root: Path, env: dict[str, str], work: Path, *extra: str) 
             proc.wait(timeout=20)
 
 
+WRK_THREADS = [1]  # set from --wrk-threads
+
+
 def wrk(port: int, body: Path, connections: int, seconds: float, script: Path) -> dict[str, float]:
     """One wrk run: requests/s, p50 and p99 (ms), and the non-2xx answers and socket errors."""
-    cmd = ["wrk", "-t", str(min(connections, 2)), "-c", str(connections), "-d", f"{seconds:g}s", "--latency",
+    cmd = ["wrk", "-t", str(min(connections, WRK_THREADS[0])), "-c", str(connections), "-d", f"{seconds:g}s", "--latency",
            "-s", str(script), f"http://127.0.0.1:{port}/predict"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60,
                           env={**os.environ, "BODY_FILE": str(body)})
@@ -233,9 +239,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0, help="length of each wrk run (default 5)")
     p.add_argument("--rounds", type=positive, default=3, help="rounds of every server and of each prediction-log mode; medians "
                    "are reported (default 3)")
+    p.add_argument("--wrk-threads", type=positive, default=1, help="wrk's threads (default 1; see above)")
     p.add_argument("--skip-throughput", action="store_true", help="only the prediction log")
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     a = p.parse_args(argv)
+    WRK_THREADS[0] = a.wrk_threads
     if tools_missing(["shelf", "dvc", "uvicorn"], "serve_workers.py"):
         return 2
     if shutil.which("wrk") is None:
@@ -250,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, data in bodies(root).items():
             files[name] = work / f"{name}.json"
             files[name].write_bytes(data)
-        res: dict[str, Any] = {"cpus": nproc(), "loadavg_before": loadavg()}
+        res: dict[str, Any] = {"cpus": nproc(), "loadavg_before": loadavg(), "wrk_threads": a.wrk_threads}
         if not a.skip_throughput:
             res["throughput"] = throughput(root, env, work, files, a)
         res["prediction_log"] = prediction_log(root, env, work, files["one-row"], a)
@@ -258,7 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def text(res: dict[str, Any]) -> str:
-    lines = [f"{res['cpus']} CPUs; load average before {res['loadavg_before']}"]
+    lines = [f"{res['cpus']} CPUs; load average before {res['loadavg_before']}; wrk with {res['wrk_threads']} "
+             f"thread{'s' if res['wrk_threads'] > 1 else ''}"]
     if "throughput" in res:
         t = res["throughput"]
         lines.append(f"{'':12}{'body':9}" + "".join(f"{f'{c} conn req/s':>15}{'p99 ms':>8}" for c in CONNECTIONS)
