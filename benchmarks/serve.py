@@ -75,7 +75,9 @@ Measured, on that model and this machine:
    alternating v2/v1, one every ``--swap-interval`` seconds.  Reported: requests,
    failed responses, which model answered how often (told apart by version and
    the row's probability), and the p99 of requests started inside the swap
-   window against the steady run's p99 over the same stretch.
+   window against the steady run's p99 over the same stretch: the medians over
+   ``--swap-rounds`` (3) rounds of both runs, the steady one first every other round
+   (one pair of runs on 2 shared cores gave ratios from 1.1 to 2.0 for the same code).
    With ``--workers 2`` every server here runs two workers, and a swap happens in both or in
    neither (``shelf serve --workers``).
 
@@ -852,13 +854,12 @@ def measure_cold(root: Path, work: Path, env: Mapping[str, str], row: Row, runs:
 # -- hot swap ------------------------------------------------------------------------------------
 
 @dataclass
-class SwapResult:
+class SwapRound:
     steady: Load
     swapping: Load
     reloads: list[dict[str, Any]]
     window: tuple[float, float]          # epoch seconds of the first reload's start, last one's end
     steady_window: tuple[float, float]
-    labels: dict[str, str]               # tag -> "v1"/"v2"
 
     @property
     def swap_p99(self) -> float:
@@ -867,6 +868,39 @@ class SwapResult:
     @property
     def steady_p99(self) -> float:
         return pct(self.steady.between(*self.steady_window), 99)
+
+
+@dataclass
+class SwapResult:
+    rounds: list[SwapRound]
+    labels: dict[str, str]               # tag -> "v1"/"v2"
+
+    @property
+    def steady(self) -> Load:
+        return Load.merge("steady", [r.steady for r in self.rounds])
+
+    @property
+    def swapping(self) -> Load:
+        return Load.merge("swapping", [r.swapping for r in self.rounds])
+
+    @property
+    def reloads(self) -> list[dict[str, Any]]:
+        return [x for r in self.rounds for x in r.reloads]
+
+    @property
+    def window_s(self) -> float:
+        """The swap windows' length, summed over the rounds."""
+        return sum(r.window[1] - r.window[0] for r in self.rounds)
+
+    @property
+    def swap_p99(self) -> float:
+        """The median over the rounds of the swap window's p99."""
+        return statistics.median(r.swap_p99 for r in self.rounds)
+
+    @property
+    def steady_p99(self) -> float:
+        """The median over the rounds of the steady run's p99."""
+        return statistics.median(r.steady_p99 for r in self.rounds)
 
     @property
     def swapped(self) -> int:
@@ -928,38 +962,52 @@ def measure_swap(root: Path, work: Path, env: Mapping[str, str], row: Row, swap_
 
         spec = LoadSpec(port, "POST", "/predict", body)
         planned = SWAP_LEAD + a.swaps * a.swap_interval + SWAP_TAIL
-        steady = load(spec, work, env, "steady", clients=a.clients, count=CLIENT_CAP, warmup=a.warmup,
-                      max_seconds=planned, track=True)
-        s0 = min(c["start"] for c in steady.clients)
-        steady_window = (s0 + SWAP_LEAD, s0 + SWAP_LEAD + a.swaps * a.swap_interval)
 
-        start_at = time.time() + 1.0
-        procs = spawn_clients(spec, work, env, clients=a.clients, count=CLIENT_CAP, warmup=a.warmup,
-                              max_seconds=planned + a.swaps * 30.0 + 60.0, start_at=start_at, track=True)
-        reloads: list[dict[str, Any]] = []
-        try:
-            time.sleep(max(0.0, start_at + SWAP_LEAD - time.time()))
-            first = time.time()
-            for i in range(a.swaps):
-                time.sleep(max(0.0, first + i * a.swap_interval - time.time()))
-                target = v2 if i % 2 == 0 else v1
-                point(current, target)
-                rec = reload()
-                rec["to"] = target.name
-                reloads.append(rec)
-            time.sleep(SWAP_TAIL)
-        except BaseException:
+        def steady_run() -> tuple[Load, tuple[float, float]]:
+            steady = load(spec, work, env, "steady", clients=a.clients, count=CLIENT_CAP, warmup=a.warmup,
+                          max_seconds=planned, track=True)
+            s0 = min(c["start"] for c in steady.clients)
+            return steady, (s0 + SWAP_LEAD, s0 + SWAP_LEAD + a.swaps * a.swap_interval)
+
+        def swap_run() -> tuple[Load, list[dict[str, Any]]]:
+            start_at = time.time() + 1.0
+            procs = spawn_clients(spec, work, env, clients=a.clients, count=CLIENT_CAP, warmup=a.warmup,
+                                  max_seconds=planned + a.swaps * 30.0 + 60.0, start_at=start_at, track=True)
+            reloads: list[dict[str, Any]] = []
+            try:
+                time.sleep(max(0.0, start_at + SWAP_LEAD - time.time()))
+                first = time.time()
+                for i in range(a.swaps):
+                    time.sleep(max(0.0, first + i * a.swap_interval - time.time()))
+                    target = v2 if i % 2 == 0 else v1
+                    point(current, target)
+                    rec = reload()
+                    rec["to"] = target.name
+                    reloads.append(rec)
+                time.sleep(SWAP_TAIL)
+            except BaseException:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
+                raise
             for p in procs:
                 if p.poll() is None:
-                    p.kill()
-                    p.wait()
-            raise
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGUSR1)  # the clients end their loop and report
-        swapping = collect(procs, "swap run", timeout=60.0)
-    window = (reloads[0]["start"], reloads[-1]["end"])
-    return SwapResult(steady, swapping, reloads, window, steady_window, labels)
+                    p.send_signal(signal.SIGUSR1)  # the clients end their loop and report
+            return collect(procs, "swap run", timeout=60.0), reloads
+
+        rounds = []
+        for r in range(a.swap_rounds):  # steady first in even rounds, the swaps first in odd ones
+            if r % 2 == 0:
+                (steady, steady_window), (swapping, reloads) = steady_run(), swap_run()
+            else:
+                (swapping, reloads), (steady, steady_window) = swap_run(), steady_run()
+            if reloads[-1]["to"] != v1.name:  # every round starts on v1
+                point(current, v1)
+                check(reload()["ok"], "the reload back to v1 between rounds did not swap")
+            window = (reloads[0]["start"], reloads[-1]["end"])
+            rounds.append(SwapRound(steady, swapping, reloads, window, steady_window))
+    return SwapResult(rounds, labels)
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -1026,12 +1074,13 @@ def report(info: dict[str, str], inproc: Latency, breakdown: dict[str, tuple[flo
                           f"median {cold.floor_median:.3f} s ({', '.join(f'{t:.3f}' for t in cold.floor)})"),
         row("", "parts, medians: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in cold.parts.items())),
         row("hot swap", f"{sw.swapped}/{len(sw.reloads)} swaps (reload p50 {ms(statistics.median(reload_s))}, "
-                        f"max {ms(max(reload_s))}) in {sw.window[1] - sw.window[0]:.1f} s; "
+                        f"max {ms(max(reload_s))}) in {len(sw.rounds)} rounds of {sw.window_s / len(sw.rounds):.1f} s; "
                         f"{sw.swapping.requests:,} requests from {sw.swapping.width} clients, "
                         f"{sw.swapping.failed} failed" + (f" {sw.swapping.errors()}" if sw.swapping.failed else "")),
         row("", "answered by " + ", ".join(f"{sw.labels.get(k, '? ' + k)} ({k.split('|')[0]}) {v:,}"
                                            for k, v in seen)
-                + f"; p99 in the swap window {ms(sw.swap_p99)}, steady {ms(sw.steady_p99)} "
+                + f"; p99 in the swap window {ms(sw.swap_p99)}, steady {ms(sw.steady_p99)} (medians of "
+                  f"the rounds: {', '.join(f'{ms(r.swap_p99)}/{ms(r.steady_p99)}' for r in sw.rounds)}) "
                   f"(steady run {sw.steady.requests:,} requests, {sw.steady.failed} failed)"),
         row("breakdown", "in-process p50 µs, back to back / after 100 µs idle: "
                          + ", ".join(f"{k} {hot:.1f} / {idle:.1f}" for k, (hot, idle) in breakdown.items())),
@@ -1086,7 +1135,9 @@ def report(info: dict[str, str], inproc: Latency, breakdown: dict[str, tuple[flo
                      "requests": sw.swapping.requests, "failed": sw.swapping.failed,
                      "errors": sw.swapping.errors(),
                      "answered_by": {f"{sw.labels.get(k, '?')} {k}": v for k, v in seen},
-                     "swap_window_s": round(sw.window[1] - sw.window[0], 3),
+                     "swap_window_s": round(sw.window_s, 3),
+                     "rounds": [{"swap_p99_ms": round(r.swap_p99 * 1e3, 4), "steady_p99_ms": round(r.steady_p99 * 1e3, 4)}
+                                for r in sw.rounds],
                      "swap_p99_ms": round(sw.swap_p99 * 1e3, 4), "steady_p99_ms": round(sw.steady_p99 * 1e3, 4),
                      "steady": sw.steady.to_json(), "swapping": sw.swapping.to_json()},
         "same_label": same_label,
@@ -1127,6 +1178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cold-runs", type=positive, default=9, help="cold starts of each kind (default 9)")
     parser.add_argument("--swaps", type=positive, default=20, help="hot swaps under load (default 20)")
     parser.add_argument("--swap-interval", type=seconds, default=0.25, help="seconds between swaps (default 0.25)")
+    parser.add_argument("--swap-rounds", type=positive, default=3,
+                        help="rounds of a steady run and a swap run, in turn; medians are reported (default 3)")
     parser.add_argument("--skip-mlflow", action="store_true", help="leave MLflow out")
     parser.add_argument("--workers", type=positive, default=1,
                         help="shelf serve --workers for every measurement, the hot swaps included (default 1)")
@@ -1182,8 +1235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cold = measure_cold(root, work, env, row, args.cold_runs)
             print("making a second version (60 trees, dvc repro) for the hot-swap test …", flush=True)
             make_v2(root, env, swap_dir / "v2")
-            print(f"measuring hot swap: steady run, then {args.swaps} swaps under {args.clients} clients …",
-                  flush=True)
+            print(f"measuring hot swap: {args.swap_rounds} rounds of a steady run and {args.swaps} swaps under "
+                  f"{args.clients} clients …", flush=True)
             sw = measure_swap(root, work, env, row, swap_dir, args)
         except (BenchError, OSError, http.client.HTTPException) as exc:
             print(f"benchmark: {type(exc).__name__}: {exc}", file=sys.stderr)
