@@ -110,7 +110,8 @@ def blocked_stage(p: Project) -> tuple[subprocess.Popen[str], int, int]:
             return None
 
     fd = until("the stage to open its params", writer)
-    children = host(Path(os.environ["SHELF_WARM_DIR"]))["children"]
+    # The forked child may open the FIFO before its host has noted it: ask until it has.
+    children = until("the host to list its child", lambda: host(Path(os.environ["SHELF_WARM_DIR"]))["children"])
     assert len(children) == 1, children
     return client, children[0], fd
 
