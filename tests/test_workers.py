@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import threading
@@ -25,7 +26,7 @@ from modelshelf.serve.canary import Split
 from modelshelf.serve.holder import Holder
 from modelshelf.serve.predlog import PREFIX, SUFFIX, read
 from modelshelf.serve.server import build
-from modelshelf.serve.workers import WorkerApp
+from modelshelf.serve.workers import Tallies, WorkerApp
 
 from conftest import Project
 from test_serve import (  # noqa: F401 - fixtures
@@ -457,6 +458,15 @@ def answer(conn: http.client.HTTPConnection, body: bytes, key: str | None = None
     return data
 
 
+def get(conn: http.client.HTTPConnection, path: str) -> Any:
+    """GET ``path`` on a kept-alive connection: its JSON, or its text for /metrics."""
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    data = resp.read()
+    assert resp.status == 200, data
+    return data.decode() if path == "/metrics" else json.loads(data)
+
+
 def candidates_on(s: Server, version: str) -> dict[int, dict[str, Any]]:
     """Wait until every row of the workers' table holds candidate ``version`` and some worker's
     own /health says so; that worker's /health."""
@@ -488,6 +498,11 @@ def test_a_canary_with_workers_sends_each_key_to_one_model_in_every_worker(
     for key in keys:
         versions = {json.loads(answer(c, body, key))["version"] for c in conns.values()}
         assert versions == {"1.1.0" if takes[key] else "1.0.0"}, (key, versions)
+    # /health counts the candidate's answers of every worker, whichever answers it.
+    expected = 2 * sum(takes.values())
+    for c in conns.values():
+        wait_for("the candidate's answers of both workers", lambda c=c: get(c, "/health")["candidate"]["answered"]
+                 == expected, deadline=10, every=0.05)
     # The candidate's spec moves: every worker swaps it, in two phases of its own.
     p.shelf("promote", "v1.0.0", "--to", "staging")
     s.proc.send_signal(signal.SIGHUP)
@@ -614,3 +629,99 @@ def test_a_stuck_worker_holding_fewer_connections_does_not_starve_new_ones(
     finally:
         os.kill(stuck, signal.SIGCONT)
         held.close()
+
+
+# --- 5. counts over every worker ----------------------------------------------------------------
+
+
+def metric(text: str, name: str) -> float:
+    """One sample of the exposition ``text`` (``name`` with its labels, as printed)."""
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert m is not None, (name, text)
+    return float(m.group(1))
+
+
+PREDICTS = 'modelshelf_requests_total{path="/predict",status="200"}'
+
+
+def predicts_everywhere(conns: dict[int, http.client.HTTPConnection], n: int) -> None:
+    """Until every worker's /metrics counts ``n`` answered /predict (a sibling's tally lags
+    :data:`workers.TALLY_EVERY`), its histogram too."""
+    for c in conns.values():
+        wait_for(f"/predict counted {n} times", lambda c=c: metric(get(c, "/metrics"), PREDICTS) == n,
+                 deadline=10, every=0.05)
+        assert metric(get(c, "/metrics"), "modelshelf_predict_seconds_count") == n
+
+
+def test_metrics_count_what_every_worker_answered(two_releases: Project, serve: Callable[..., Server]) -> None:
+    p = two_releases
+    s = serve(p.root, "--model", "prod", "--poll", "0", "--workers", "2")
+    workers_on(s, 2, "1.0.0")
+    body = json.dumps(rows_body(held_out(p.root).iloc[:2])).encode()
+    conns = pinned(s)
+    for c, n in zip(conns.values(), (7, 5), strict=True):
+        for _ in range(n):
+            answer(c, body)
+    # Answered by either worker, a scrape says 12: one worker's count would be 7 or 5, and a
+    # Prometheus counter moving between the two would read as a reset on every other scrape.
+    predicts_everywhere(conns, 12)
+    for c in conns.values():
+        text = get(c, "/metrics")
+        assert metric(text, "modelshelf_prediction_rows_total") == 24, text
+        assert metric(text, "modelshelf_connections") >= 2, text  # every worker's open ones
+    for c in conns.values():
+        c.close()
+
+
+@slow
+def test_metrics_never_go_down_when_a_worker_is_killed(two_releases: Project,
+                                                        serve: Callable[..., Server]) -> None:
+    p = two_releases
+    s = serve(p.root, "--model", "prod", "--poll", "0", "--workers", "2")
+    workers_on(s, 2, "1.0.0")
+    body = json.dumps(rows_body(held_out(p.root).iloc[:1])).encode()
+    conns = pinned(s)
+    for c, n in zip(conns.values(), (6, 9), strict=True):
+        for _ in range(n):
+            answer(c, body)
+    predicts_everywhere(conns, 15)  # both tallies published
+    victim = max(conns)
+    os.kill(victim, signal.SIGKILL)
+    for c in conns.values():
+        c.close()
+    after = workers_on(s, 2, "1.0.0")
+    assert victim not in after
+    # Its replacement counts on from the dead one's last tally: the sum stays 15, not 6 or 9.
+    conns = pinned(s)
+    assert victim not in conns
+    predicts_everywhere(conns, 15)
+    for c in conns.values():
+        answer(c, body)
+    predicts_everywhere(conns, 17)
+    for c in conns.values():
+        c.close()
+
+
+def test_a_tally_torn_by_a_killed_writer_leaves_the_one_before_it() -> None:
+    def tally(n: int) -> dict[str, Any]:
+        return {"metrics": {}, "prediction_log": {"written": n, "dropped": 0}}
+
+    t = Tallies(2)
+    t.me = 1
+    assert t.read(1) is None and t.read(0) is None
+    t.publish(tally(1))
+    t.publish(tally(2))
+    assert t.read(1) == (2, tally(2))
+    # A writer killed halfway through its third tally: that buffer's number is odd, its bytes junk.
+    off = (2 * 1 + 3 % 2) * Tallies.BUFFER
+    seq, length = Tallies._HEAD.unpack_from(t._mem, off)
+    Tallies._HEAD.pack_into(t._mem, off, seq + 1, length)
+    t._mem[off + Tallies._HEAD.size:off + Tallies._HEAD.size + 8] = b"\xff" * 8
+    assert t.read(1) == (2, tally(2))
+    # Its replacement in that slot counts on from there, and its tallies are the newer ones.
+    new = Tallies.__new__(Tallies)
+    new.__dict__.update(t.__dict__, me=1, base={}, _n=0)
+    new.take_over()
+    assert new.base == tally(2)
+    new.publish(tally(5))
+    assert new.read(1) == (3, tally(7)) and new.total(tally(5))["prediction_log"]["written"] == 7

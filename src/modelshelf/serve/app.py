@@ -245,12 +245,18 @@ class App:
             if path == "/openapi.json":
                 return (200, JSON, cur.openapi_json) if cur is not None else (503, JSON, NO_MODEL)
             if path == "/metrics":
-                text = self.metrics.render(cur.name if cur else "", cur.version if cur else "",
-                                           cur.format if cur else "", h.swaps, h.failures, not h.error)
-                return 200, TEXT, text.encode()
+                return 200, TEXT, self.metrics_text().encode()
         if path in ROUTES:
             return 405, JSON, _NOT_ALLOWED[path]
         return 404, JSON, b'{"error":"not found"}'
+
+    def metrics_text(self, counts: dict[str, Any] | None = None, connections: int | None = None) -> str:
+        """``/metrics``: this process's counters, or ``counts`` and ``connections`` when given
+        (see :meth:`Metrics.render`)."""
+        h = self.holder
+        cur = h.current
+        return self.metrics.render(cur.name if cur else "", cur.version if cur else "", cur.format if cur else "",
+                                   h.swaps, h.failures, not h.error, counts=counts, connections=connections)
 
     def startup(self) -> None:
         for hook in self.lifespan_startup:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
+# Counted by the server's loop alone (no lock), and what /metrics says of each.
+CONNECTION_COUNTERS = {
+    "connections_opened": "Client connections accepted.",
+    "connection_errors": "Connections closed by an error met while handling them (logged with a traceback).",
+    "connections_evicted": "Idle, lingering or slow connections closed to make room at --max-connections.",
+    "connections_refused": "Connections answered 503 at --max-connections, every open one busy.",
+}
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -41,10 +49,25 @@ class Metrics:
                 else:
                     self.buckets[-1] += 1
 
-    def render(self, name: str, version: str, fmt: str, swaps: int, failures: int, healthy: bool) -> str:
+    def snapshot(self) -> dict[str, Any]:
+        """Every counter as plain data (JSON-ready), for summing over workers with :func:`add`."""
         with self._lock:
-            requests, rows, buckets = dict(self.requests), self.rows, list(self.buckets)
-            latency_sum, latency_count = self.latency_sum, self.latency_count
+            counts: dict[str, Any] = {"requests": [[p, s, n] for (p, s), n in sorted(self.requests.items())],
+                                      "rows": self.rows, "buckets": list(self.buckets),
+                                      "latency_sum": self.latency_sum, "latency_count": self.latency_count}
+        for key in CONNECTION_COUNTERS:
+            counts[key] = getattr(self, key)
+        return counts
+
+    def render(self, name: str, version: str, fmt: str, swaps: int, failures: int, healthy: bool, *,
+               counts: dict[str, Any] | None = None, connections: int | None = None) -> str:
+        """The exposition text: this process's counters, or ``counts`` (a :meth:`snapshot`, or
+        several summed) and ``connections`` open now, when given."""
+        c = self.snapshot() if counts is None else counts
+        requests = {(p, s): n for p, s, n in c["requests"]}
+        rows, buckets, latency_sum, latency_count = c["rows"], c["buckets"], c["latency_sum"], c["latency_count"]
+        if connections is None:
+            connections = self.open_connections()
         out = ["# HELP modelshelf_requests_total HTTP requests by path and status.",
                "# TYPE modelshelf_requests_total counter"]
         for (path, status), n in sorted(requests.items()):
@@ -74,15 +97,22 @@ class Metrics:
                 "# HELP modelshelf_healthy 1 when the last load attempt succeeded.",
                 "# TYPE modelshelf_healthy gauge", f"modelshelf_healthy {int(healthy)}",
                 "# HELP modelshelf_connections Client connections open now.",
-                "# TYPE modelshelf_connections gauge", f"modelshelf_connections {self.open_connections()}"]
-        for name, value, text in (
-                ("connections_opened", self.connections_opened, "Client connections accepted."),
-                ("connection_errors", self.connection_errors,
-                 "Connections closed by an error met while handling them (logged with a traceback)."),
-                ("connections_evicted", self.connections_evicted,
-                 "Idle, lingering or slow connections closed to make room at --max-connections."),
-                ("connections_refused", self.connections_refused,
-                 "Connections answered 503 at --max-connections, every open one busy.")):
+                "# TYPE modelshelf_connections gauge", f"modelshelf_connections {connections}"]
+        for name, text in CONNECTION_COUNTERS.items():
             out += [f"# HELP modelshelf_{name}_total {text}", f"# TYPE modelshelf_{name}_total counter",
-                    f"modelshelf_{name}_total {value}"]
+                    f"modelshelf_{name}_total {c[name]}"]
         return "\n".join(out) + "\n"
+
+
+def add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two :meth:`Metrics.snapshot` results summed (either may be empty: ``{}``)."""
+    if not a or not b:
+        return dict(a or b)
+    requests: Counter[tuple[str, int]] = Counter()
+    for p, s, n in (*a["requests"], *b["requests"]):
+        requests[(p, s)] += n
+    out: dict[str, Any] = {"requests": [[p, s, n] for (p, s), n in sorted(requests.items())],
+                           "buckets": [x + y for x, y in zip(a["buckets"], b["buckets"], strict=True)]}
+    for key in ("rows", "latency_sum", "latency_count", *CONNECTION_COUNTERS):
+        out[key] = a[key] + b[key]
+    return out

@@ -32,6 +32,7 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import threading
 import time
 from multiprocessing.connection import Connection, Pipe
@@ -41,6 +42,7 @@ import orjson
 
 from modelshelf import __version__
 from modelshelf.errors import ShelfError
+from modelshelf.serve import metrics
 from modelshelf.serve.app import App, Later, Reply
 from modelshelf.serve.holder import POLL, Holder
 from modelshelf.serve.server import ADMIN, urls
@@ -59,6 +61,7 @@ COMMIT_DEADLINE = 10.0  # seconds every worker gets to acknowledge the switch
 RELOAD_DEADLINE = PREPARE_DEADLINE + 60.0  # a worker waiting for the parent's answer to /admin/reload
 STOP_DEADLINE = 20.0  # seconds workers get to drain on SIGTERM before they are killed
 MEMORY_EVERY = 15.0  # seconds between two readings of the workers' memory
+TALLY_EVERY = 0.25  # seconds between two of a worker's tallies (a scrape it answers publishes its own)
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 STABLE, CANDIDATE = "stable", "candidate"
 
@@ -136,6 +139,99 @@ class Shares:
         c = self.counts[index]
         return None if c == self.ABSENT else int(c)
 
+    def total(self) -> int:
+        """The connections every live worker holds."""
+        return sum(int(c) for c in self.counts if c != self.ABSENT)
+
+
+class Tallies:
+    """Every worker's counters (what ``/metrics`` counts, and ``/health``'s counts of the
+    candidate and the prediction log), in memory shared across fork, so that whichever worker
+    answers says what all of them did: a Prometheus counter that rose and fell with the worker
+    answering each scrape would read as a reset every time.
+
+    Worker ``me`` publishes its own now and then (:data:`TALLY_EVERY`, and on every scrape it
+    answers, before it reads the others) into two buffers in turn, each behind a sequence
+    number that is odd while it is written: a reader takes the newer buffer it read whole, so
+    a worker killed mid-write leaves its previous tally readable.  A worker that replaces a
+    dead one in the same slot counts on from its last tally, so a sum never goes down (what the
+    dead one did after its last tally is lost, but no scrape saw it)."""
+
+    BUFFER = 1 << 16  # bytes per buffer: a tally is ~1 KB
+    _HEAD = struct.Struct("QI")  # sequence number, length of the JSON that follows
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._mem = mmap.mmap(-1, 2 * size * self.BUFFER)  # anonymous and MAP_SHARED, zeroed
+        self.me = -1
+        self.base: dict[str, Any] = {}  # the tally this slot's previous worker left
+        self._n = 0  # tallies published in this slot
+        self._lock = threading.Lock()  # the loop (scrapes) and the tally thread both publish
+
+    def take_over(self) -> None:
+        """In a new worker: count on from what this slot's previous worker published."""
+        last = self.read(self.me)
+        if last is not None:
+            self._n, self.base = last
+
+    def publish(self, own: dict[str, Any]) -> None:
+        """This worker's tally now (its counts since it started; :attr:`base` is added)."""
+        with self._lock:
+            self._n += 1
+            data = orjson.dumps({"n": self._n, "tally": add_tallies(self.base, own)})
+            if len(data) > self.BUFFER - self._HEAD.size:
+                log.warning("worker %d: its tally (%d bytes) does not fit the shared buffer; not shared",
+                            os.getpid(), len(data))
+                return
+            off = (2 * self.me + self._n % 2) * self.BUFFER
+            seq = self._HEAD.unpack_from(self._mem, off)[0]
+            writing = seq + 1 if seq % 2 == 0 else seq + 2  # odd: being written (torn by a killed writer: odd too)
+            self._HEAD.pack_into(self._mem, off, writing, 0)
+            start = off + self._HEAD.size
+            self._mem[start:start + len(data)] = data
+            self._HEAD.pack_into(self._mem, off, writing + 1, len(data))
+
+    def read(self, index: int) -> tuple[int, dict[str, Any]] | None:
+        """The newest whole tally in slot ``index`` and its number; None if it has none."""
+        best: tuple[int, dict[str, Any]] | None = None
+        for buf in (0, 1):
+            off = (2 * index + buf) * self.BUFFER
+            for _ in range(8):  # a write takes microseconds; a writer killed mid-write never ends it
+                seq, length = self._HEAD.unpack_from(self._mem, off)
+                if seq == 0:
+                    break  # never written
+                if seq % 2:
+                    continue
+                start = off + self._HEAD.size
+                data = self._mem[start:start + length]
+                if self._HEAD.unpack_from(self._mem, off)[0] != seq:
+                    continue
+                doc = orjson.loads(data)
+                if best is None or doc["n"] > best[0]:
+                    best = doc["n"], doc["tally"]
+                break
+        return best
+
+    def total(self, own: dict[str, Any]) -> dict[str, Any]:
+        """Every worker's tally summed, this worker's (``own``) published first."""
+        self.publish(own)
+        out: dict[str, Any] = {}
+        for i in range(self.size):
+            got = self.read(i)
+            if got is not None:
+                out = add_tallies(out, got[1])
+        return out
+
+
+def add_tallies(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two tallies summed: their metrics (:func:`metrics.add`), and every other count by key."""
+    out: dict[str, Any] = {"metrics": metrics.add(a.get("metrics", {}), b.get("metrics", {}))}
+    for part in ("candidate", "prediction_log"):
+        x, y = a.get(part, {}), b.get(part, {})
+        if x or y:
+            out[part] = {k: x.get(k, 0) + y.get(k, 0) for k in {*x, *y}}
+    return out
+
 
 def holders(app: App) -> dict[str, Holder]:
     """The holders of ``app`` by slot: ``stable``, and ``candidate`` with a canary or shadow."""
@@ -154,12 +250,35 @@ class WorkerApp(App):
 
     state: dict[str, Any] | None = None
     shares: Shares | None = None
+    tallies: Tallies | None = None
+
+    def tally(self) -> dict[str, Any]:
+        """What this worker counted since it started (see :class:`Tallies`)."""
+        out: dict[str, Any] = {"metrics": self.metrics.snapshot()}
+        if self.split is not None:
+            sp = self.split
+            out["candidate"] = {"answered": sp.answered, "mirrored": sp.mirrored, "dropped": sp.dropped,
+                                "errors": sp.errors}
+        if self.predictions is not None:
+            out["prediction_log"] = {"written": self.predictions.written, "dropped": self.predictions.dropped}
+        return out
+
+    def metrics_text(self, counts: dict[str, Any] | None = None, connections: int | None = None) -> str:
+        if self.tallies is None or counts is not None:
+            return super().metrics_text(counts, connections)
+        total = self.tallies.total(self.tally())["metrics"]
+        return super().metrics_text(total, self.shares.total() if self.shares is not None else None)
 
     def handle(self, method: str, path: str, *rest: Any, **more: Any) -> Reply | Later:
         # The rest of App.handle's arguments pass through as they are, whatever they become.
         reply = super().handle(method, path, *rest, **more)
         if path == "/health" and self.state is not None and isinstance(reply, tuple) and reply[0] == 200:
             doc = orjson.loads(reply[2])
+            if self.tallies is not None:  # the counts of every worker, not only this one's
+                total = self.tallies.total(self.tally())
+                for part in ("candidate", "prediction_log"):
+                    if isinstance(doc.get(part), dict) and part in total:
+                        doc[part].update(total[part])
             doc["pid"] = os.getpid()
             doc["supervisor"] = self.state["supervisor"]
             doc["workers"] = [dict(w) for w in self.state["workers"]]
@@ -259,7 +378,8 @@ class Control:
 
 
 def work(app: App, listeners: list[socket.socket], conn: Connection, targets: dict[str, Target],
-         state: dict[str, Any], options: dict[str, Any], shares: Shares | None = None) -> int:
+         state: dict[str, Any], options: dict[str, Any], shares: Shares | None = None,
+         tallies: Tallies | None = None) -> int:
     """A worker's life after fork: serve ``targets`` (each slot's, loaded unless inherited) until SIGTERM."""
     from modelshelf.serve import httpd
 
@@ -280,9 +400,26 @@ def work(app: App, listeners: list[socket.socket], conn: Connection, targets: di
     assert STABLE in versions
     if isinstance(app, WorkerApp):
         app.shares = shares
+        if tallies is not None:
+            tallies.take_over()
+            app.tallies = tallies
+            threading.Thread(target=_tally, args=(app, tallies), name="shelf-tally", daemon=True).start()
     control.send(("ready", versions))
     httpd.run(app, listeners, accept_burst=1, balance=shares, **options)  # share the connections out
+    if isinstance(app, WorkerApp) and tallies is not None:
+        tallies.publish(app.tally())  # the last word: its replacement counts on from here
     return 0
+
+
+def _tally(app: WorkerApp, tallies: Tallies) -> None:
+    """Publish ``app``'s tally every :data:`TALLY_EVERY` seconds while it changes."""
+    last: dict[str, Any] | None = None
+    tick = threading.Event()
+    while not tick.wait(TALLY_EVERY):
+        own = app.tally()
+        if own != last:
+            tallies.publish(own)
+            last = own
 
 
 # --- the parent ---------------------------------------------------------------------------------
@@ -355,6 +492,7 @@ class Supervisor:
         self.stable = self.slots[STABLE]
         self.children: dict[int, Child] = {}
         self.shares = Shares(workers)
+        self.tallies = Tallies(workers)
         self.seq = 0
         self.swap: Swap | None = None
         self.asked: list[tuple[Child, int]] = []  # /admin/reload requests to answer
@@ -446,8 +584,8 @@ class Supervisor:
             self._wake_w.close()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
             targets = {name: slot.target for name, slot in self.slots.items()}
-            self.shares.me = index
-            code = work(self.app, self.listeners, conn, targets, state, self.options, self.shares)
+            self.shares.me = self.tallies.me = index
+            code = work(self.app, self.listeners, conn, targets, state, self.options, self.shares, self.tallies)
         except BaseException:  # noqa: BLE001 - nothing may escape into the parent's code
             log.exception("worker %d failed", os.getpid())
         finally:
