@@ -634,9 +634,12 @@ def test_a_stuck_worker_holding_fewer_connections_does_not_starve_new_ones(
 # --- 5. counts over every worker ----------------------------------------------------------------
 
 
-def metric(text: str, name: str) -> float:
-    """One sample of the exposition ``text`` (``name`` with its labels, as printed)."""
+def metric(text: str, name: str, absent: float | None = None) -> float:
+    """One sample of the exposition ``text`` (``name`` with its labels, as printed); ``absent``
+    if it has none (a labelled counter appears once counted), else fail."""
     m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    if m is None and absent is not None:
+        return absent
     assert m is not None, (name, text)
     return float(m.group(1))
 
@@ -669,6 +672,26 @@ def test_metrics_count_what_every_worker_answered(two_releases: Project, serve: 
         text = get(c, "/metrics")
         assert metric(text, "modelshelf_prediction_rows_total") == 24, text
         assert metric(text, "modelshelf_connections") >= 2, text  # every worker's open ones
+    for c in conns.values():
+        c.close()
+
+
+def test_scrapes_under_load_never_go_down_whichever_worker_answers(two_releases: Project,
+                                                                   serve: Callable[..., Server]) -> None:
+    p = two_releases
+    s = serve(p.root, "--model", "prod", "--poll", "0", "--workers", "2")
+    workers_on(s, 2, "1.0.0")
+    body = json.dumps(rows_body(held_out(p.root).iloc[:1])).encode()
+    conns = pinned(s)
+    seen: list[float] = []
+    with Load(s.port, body, clients=2, max_requests=3000) as load:
+        for i in range(200):  # the two workers in turn, as Prometheus meets them behind a Service
+            seen.append(metric(get(list(conns.values())[i % 2], "/metrics"), PREDICTS, absent=0))
+        load.stop.set()
+    assert load.failed == 0 and load.ok > 0, load.bad
+    assert all(b >= a for a, b in zip(seen, seen[1:])), seen  # a fall reads as a counter reset
+    assert seen[-1] > seen[0], seen  # the load was counted while it ran
+    predicts_everywhere(conns, load.ok)
     for c in conns.values():
         c.close()
 
