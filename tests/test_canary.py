@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import subprocess
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from modelshelf.serve.predlog import PredictionLog, read
 from test_serve import (  # noqa: F401 - fixtures
     BIN,
     held_out,
+    one,
+    parse_metrics,
     rows_body,
     start_server,
     template_v1,
@@ -127,14 +130,18 @@ def test_a_canary_answers_its_share_of_keys_and_the_report_reads_it(two_releases
         assert "canary v1.1.0 for 10% of keys" in server.output()
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
         seen: dict[str, str] = {}
+        answered: Counter[str] = Counter()  # by version, every 200 below
         for i in range(10_000):
             seen[f"user-{i}"] = json.loads(_post(conn, body, f"user-{i}"))["version"]
+            answered[seen[f"user-{i}"]] += 1
         share = sum(v == "1.1.0" for v in seen.values()) / len(seen)
         assert abs(share - 0.1) < 0.01, share
         for i in range(0, 10_000, 50):  # the same key, later: the same model
             assert json.loads(_post(conn, body, f"user-{i}"))["version"] == seen[f"user-{i}"]
+            answered[seen[f"user-{i}"]] += 1
         no_key = {json.loads(_post(conn, body))["version"] for _ in range(20)}
         assert len(no_key) == 1  # no header: the body is the key
+        answered[next(iter(no_key))] += 20
         # The Open Inference Protocol is routed alike; naming the candidate's version reaches it.
         row = frame.iloc[0]
         v2 = json.dumps({"inputs": [{"name": n, "shape": [1], "datatype": "FP64", "data": [float(row[n])]}
@@ -142,8 +149,28 @@ def test_a_canary_answers_its_share_of_keys_and_the_report_reads_it(two_releases
         for i in range(0, 10_000, 97):
             conn.request("POST", "/v2/models/model/infer", body=v2, headers={"X-Canary-Key": f"user-{i}"})
             assert json.loads(conn.getresponse().read())["model_version"] == seen[f"user-{i}"]
+            answered[seen[f"user-{i}"]] += 1
         conn.request("POST", "/v2/models/model/versions/1.1.0/infer", body=v2)
         assert json.loads(conn.getresponse().read())["model_version"] == "1.1.0"
+        answered["1.1.0"] += 1
+        # A body the candidate refuses counts against the candidate, with its status.
+        canary_key = next(k for k, v in seen.items() if v == "1.1.0")
+        conn.request("POST", "/predict", body=b'{"rows": [{}]}', headers={"X-Canary-Key": canary_key})
+        refused = conn.getresponse()
+        refused.read()
+        assert 400 <= refused.status < 500
+        # /metrics says who answered what, for a canary analysis (Flagger, Argo Rollouts) to query.
+        conn.request("GET", "/metrics")
+        samples = parse_metrics(conn.getresponse().read().decode())
+        for role, version in (("stable", "1.0.0"), ("canary", "1.1.0")):
+            n = one(samples, "modelshelf_canary_answers_total", role=role, version=version, status="200")
+            assert n == answered[version] > 0, (role, n, answered)
+            refusals = 1 if role == "canary" else 0
+            assert one(samples, "modelshelf_canary_answers_total", role=role, version=version,
+                       status=str(refused.status)) == refusals
+            count = one(samples, "modelshelf_canary_seconds_count", role=role)
+            assert count == n + refusals == one(samples, "modelshelf_canary_seconds_bucket", role=role, le="+Inf")
+            assert 0 < one(samples, "modelshelf_canary_seconds_sum", role=role) < count  # seconds, each well under 1
         health = server.health()["candidate"]
         assert health["mode"] == "canary" and health["version"] == "1.1.0" and health["answered"] > 900
         conn.close()

@@ -503,6 +503,9 @@ def test_a_canary_with_workers_sends_each_key_to_one_model_in_every_worker(
     for c in conns.values():
         wait_for("the candidate's answers of both workers", lambda c=c: get(c, "/health")["candidate"]["answered"]
                  == expected, deadline=10, every=0.05)
+        answers = metric(get(c, "/metrics"), 'modelshelf_canary_answers_total{role="canary",version="1.1.0",'
+                         'status="200"}')
+        assert answers == expected, (answers, expected)  # /metrics by role, over both workers too
     # The candidate's spec moves: every worker swaps it, in two phases of its own.
     p.shelf("promote", "v1.0.0", "--to", "staging")
     s.proc.send_signal(signal.SIGHUP)

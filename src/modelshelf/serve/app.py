@@ -77,6 +77,7 @@ class App:
         ``key``: the value of the canary's routing header, if the request has it;
         ``inference_header``: its ``Inference-Header-Content-Length`` (a binary v2 inference)."""
         start = time.perf_counter()
+        loaded = None  # the version answering a /predict: by role in the metrics beside a canary
         try:
             if path == "/predict" and method == "POST":
                 loaded = self.holder.current  # read once: this request finishes on this version
@@ -85,19 +86,21 @@ class App:
                 if self.split is not None and not self.split.shadow:
                     loaded = self.split.choose(loaded, key or body)
                 if len(body) > INLINE_BODY:
-                    return self._later(path, start, lambda: self._predict_large(loaded, body), (loaded, body))
+                    return self._later(path, start, lambda: self._predict_large(loaded, body), (loaded, body),
+                                       loaded)
                 data = loads(body)
                 out = loaded.one_row.predict(data, body) if loaded.one_row is not None else None
                 rows = 1
                 if out is None:
                     batch = loaded.parser.batch(data, body)
                     if batch.n > INLINE_ROWS:
-                        return self._later(path, start, lambda: self._predict(loaded, batch), (loaded, body))
+                        return self._later(path, start, lambda: self._predict(loaded, batch), (loaded, body),
+                                           loaded)
                     out, rows = loaded.runner.predict(batch), batch.n
                 reply = 200, JSON, orjson.dumps({"model": loaded.name, "version": loaded.version, **out})
                 if self.predictions is not None:
                     self._logged(loaded, body, reply[2], time.perf_counter() - start)
-                return self._done(path, start, reply, rows)
+                return self._done(path, start, reply, rows, loaded=loaded)
             if path == "/admin/reload" and method == "POST":
                 refused = self._refuse(authorization)  # here: no worker thread for a stranger
                 if refused is not None:
@@ -108,10 +111,10 @@ class App:
             return self._done(path, start, self._other(path, method), method=method)
         except BadRequest as exc:
             label = f"/v2/{r[0]}" if path.startswith("/v2") and (r := oip.route(path)) else path
-            return self._done(label, start, (exc.status, JSON, orjson.dumps(exc.body())))
+            return self._done(label, start, (exc.status, JSON, orjson.dumps(exc.body())), loaded=loaded)
         except Exception as exc:  # noqa: BLE001 - a bug answers 500 and the server keeps serving
             log.exception("%s %s failed", method, path)
-            return self._done(path, start, _internal(exc))
+            return self._done(path, start, _internal(exc), loaded=loaded)
 
     def _v2(self, method: str, path: str, body: bytes, start: float, key: bytes = b"",
             inference_header: bytes = b"") -> Reply | Later:
@@ -133,10 +136,13 @@ class App:
                     loaded = cand
             if len(body) > INLINE_BODY:
                 return self._later(label, start, lambda: self._infer_large(name, version, loaded, body,
-                                                                           inference_header))
-            reply, rows = oip.infer(name, version, loaded, body, False, loaded.runner.predict if loaded else _none,
-                                    inference_header)
-            return self._done(label, start, reply, rows)
+                                                                           inference_header), loaded=loaded)
+            try:
+                reply, rows = oip.infer(name, version, loaded, body, False,
+                                        loaded.runner.predict if loaded else _none, inference_header)
+            except BadRequest as exc:
+                reply, rows = (exc.status, JSON, orjson.dumps(exc.body())), 0
+            return self._done(label, start, reply, rows, loaded=loaded)
         if method == "GET" and what != "infer":
             return self._done(label, start, oip.get(what, name, version, self.holder.current))
         return self._done(label, start, (405, JSON, orjson.dumps(
@@ -148,16 +154,22 @@ class App:
             return oip.infer(name, version, loaded, body, True, loaded.runner.predict if loaded else _none,
                              inference_header)
 
-    def _done(self, path: str, start: float, reply: Reply, rows: int = 0, method: str = "POST") -> Reply:
+    def _done(self, path: str, start: float, reply: Reply, rows: int = 0, method: str = "POST",
+              loaded: Any = None) -> Reply:
         known = path if (path in ROUTES or path in V2_LABELS) and (path != "/predict" or method == "POST") \
             else "other"
-        self.metrics.observe(known, reply[0], time.perf_counter() - start, rows)
+        seconds = time.perf_counter() - start
+        self.metrics.observe(known, reply[0], seconds, rows)
+        split = self.split
+        if loaded is not None and split is not None and not split.shadow:
+            self.metrics.observe_role(split.which(loaded), loaded.version, reply[0], seconds)
         return reply
 
     def _later(self, path: str, start: float, work: Callable[[], tuple[Reply, int]],
-               logged: tuple[Any, bytes] | None = None) -> Later:
+               logged: tuple[Any, bytes] | None = None, loaded: Any = None) -> Later:
         """``work`` as a function for a worker thread; ``logged`` (the version and the request's
-        body) goes to the prediction log when the answer is a 200."""
+        body) goes to the prediction log when the answer is a 200; ``loaded`` is the version
+        answering (for the metrics by role beside a canary)."""
         def later() -> Reply:
             try:
                 reply, rows = work()
@@ -168,7 +180,7 @@ class App:
                 reply, rows = _internal(exc), 0
             if logged is not None and self.predictions is not None and reply[0] == 200:
                 self._logged(*logged, reply[2], time.perf_counter() - start)
-            return self._done(path, start, reply, rows)
+            return self._done(path, start, reply, rows, loaded=loaded)
 
         return later
 

@@ -82,10 +82,14 @@ class Split:
         self.answered += 1
         return cand
 
+    def which(self, loaded: Loaded) -> str:
+        """Who ``loaded`` is here: ``canary`` (the candidate's version now) or ``stable``."""
+        cand = self.candidate.current
+        return "canary" if cand is not None and loaded is cand else "stable"
+
     def role(self, loaded: Loaded) -> bytes:
         """The prediction log's ``role`` for an answer by ``loaded``: stable or canary."""
-        cand = self.candidate.current
-        which = "canary" if cand is not None and loaded is cand else "stable"
+        which = self.which(loaded)
         if which not in self._roles:
             self._roles[which] = b',"role":"' + which.encode() + b'"'
         return self._roles[which]

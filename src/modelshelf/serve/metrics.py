@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,9 @@ class Metrics:
         self.connections_evicted = 0  # closed to make room for a new one (--max-connections)
         self.connections_refused = 0  # answered 503: full, every connection busy
         self.open_connections: Callable[[], int] = lambda: 0
+        # beside a canary: answers by (role, version, status), and each role's latency histogram
+        self.roles: Counter[tuple[str, str, int]] = Counter()
+        self.role_latency: dict[str, dict[str, Any]] = {}
 
     def observe(self, path: str, status: int, seconds: float, rows: int = 0) -> None:
         with self._lock:
@@ -49,12 +53,27 @@ class Metrics:
                 else:
                     self.buckets[-1] += 1
 
+    def observe_role(self, role: str, version: str, status: int, seconds: float) -> None:
+        """An answer beside a canary: by the stable model or the candidate (``role``), at ``version``."""
+        with self._lock:
+            self.roles[(role, version, status)] += 1
+            h = self.role_latency.get(role)
+            if h is None:
+                h = self.role_latency[role] = {"buckets": [0] * (len(BUCKETS) + 1), "sum": 0.0, "count": 0}
+            h["buckets"][bisect_left(BUCKETS, seconds)] += 1  # the first bound >= seconds, or +Inf
+            h["sum"] += seconds
+            h["count"] += 1
+
     def snapshot(self) -> dict[str, Any]:
         """Every counter as plain data (JSON-ready), for summing over workers with :func:`add`."""
         with self._lock:
             counts: dict[str, Any] = {"requests": [[p, s, n] for (p, s), n in sorted(self.requests.items())],
                                       "rows": self.rows, "buckets": list(self.buckets),
-                                      "latency_sum": self.latency_sum, "latency_count": self.latency_count}
+                                      "latency_sum": self.latency_sum, "latency_count": self.latency_count,
+                                      "roles": [[r, v, st, n] for (r, v, st), n in sorted(self.roles.items())],
+                                      "role_latency": {r: {"buckets": list(h["buckets"]), "sum": h["sum"],
+                                                           "count": h["count"]}
+                                                       for r, h in self.role_latency.items()}}
         for key in CONNECTION_COUNTERS:
             counts[key] = getattr(self, key)
         return counts
@@ -101,6 +120,22 @@ class Metrics:
         for name, text in CONNECTION_COUNTERS.items():
             out += [f"# HELP modelshelf_{name}_total {text}", f"# TYPE modelshelf_{name}_total counter",
                     f"modelshelf_{name}_total {c[name]}"]
+        if c["roles"]:
+            out += ["# HELP modelshelf_canary_answers_total Answers beside a canary (/predict and v2 inference), "
+                    "by the model that answered: role stable or canary, its version, the status.",
+                    "# TYPE modelshelf_canary_answers_total counter"]
+            out += [f'modelshelf_canary_answers_total{{role="{r}",version="{v}",status="{st}"}} {n}'
+                    for r, v, st, n in c["roles"]]
+            out += ["# HELP modelshelf_canary_seconds Latency of the answers beside a canary, by role, in seconds.",
+                    "# TYPE modelshelf_canary_seconds histogram"]
+            for role, h in sorted(c["role_latency"].items()):
+                cumulative = 0
+                for bound, n in zip((*BUCKETS, float("inf")), h["buckets"], strict=True):
+                    cumulative += n
+                    le = "+Inf" if bound == float("inf") else repr(bound)
+                    out.append(f'modelshelf_canary_seconds_bucket{{role="{role}",le="{le}"}} {cumulative}')
+                out += [f'modelshelf_canary_seconds_sum{{role="{role}"}} {h["sum"]}',
+                        f'modelshelf_canary_seconds_count{{role="{role}"}} {h["count"]}']
         return "\n".join(out) + "\n"
 
 
@@ -115,4 +150,16 @@ def add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
                            "buckets": [x + y for x, y in zip(a["buckets"], b["buckets"], strict=True)]}
     for key in ("rows", "latency_sum", "latency_count", *CONNECTION_COUNTERS):
         out[key] = a[key] + b[key]
+    roles: Counter[tuple[str, str, int]] = Counter()
+    for r, v, st, n in (*a["roles"], *b["roles"]):
+        roles[(r, v, st)] += n
+    out["roles"] = [[r, v, st, n] for (r, v, st), n in sorted(roles.items())]
+    latency: dict[str, dict[str, Any]] = {}
+    for h in (a["role_latency"], b["role_latency"]):
+        for role, x in h.items():
+            y = latency.get(role)
+            latency[role] = dict(x) if y is None else {
+                "buckets": [i + j for i, j in zip(x["buckets"], y["buckets"], strict=True)],
+                "sum": x["sum"] + y["sum"], "count": x["count"] + y["count"]}
+    out["role_latency"] = latency
     return out
