@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import shutil
 import signal
 import threading
@@ -34,6 +33,8 @@ from test_serve import (  # noqa: F401 - fixtures
     Server,
     corrupt,
     held_out,
+    one,
+    parse_metrics,
     module_project,
     rows_body,
     serve,
@@ -503,8 +504,7 @@ def test_a_canary_with_workers_sends_each_key_to_one_model_in_every_worker(
     for c in conns.values():
         wait_for("the candidate's answers of both workers", lambda c=c: get(c, "/health")["candidate"]["answered"]
                  == expected, deadline=10, every=0.05)
-        answers = metric(get(c, "/metrics"), 'modelshelf_canary_answers_total{role="canary",version="1.1.0",'
-                         'status="200"}')
+        answers = metric(c, "modelshelf_canary_answers_total", role="canary", version="1.1.0", status="200")
         assert answers == expected, (answers, expected)  # /metrics by role, over both workers too
     # The candidate's spec moves: every worker swaps it, in two phases of its own.
     p.shelf("promote", "v1.0.0", "--to", "staging")
@@ -637,59 +637,57 @@ def test_a_stuck_worker_holding_fewer_connections_does_not_starve_new_ones(
 # --- 5. counts over every worker ----------------------------------------------------------------
 
 
-def metric(text: str, name: str, absent: float | None = None) -> float:
-    """One sample of the exposition ``text`` (``name`` with its labels, as printed); ``absent``
-    if it has none (a labelled counter appears once counted), else fail."""
-    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    if m is None and absent is not None:
-        return absent
-    assert m is not None, (name, text)
-    return float(m.group(1))
+def metric(conn: http.client.HTTPConnection, name: str, **labels: str) -> float:
+    """One sample of the /metrics that ``conn``'s worker answers (0 when not counted yet)."""
+    return one(parse_metrics(get(conn, "/metrics")), name, **labels)
 
 
-PREDICTS = 'modelshelf_requests_total{path="/predict",status="200"}'
+def predicts(conn: http.client.HTTPConnection) -> float:
+    return metric(conn, "modelshelf_requests_total", path="/predict", status="200")
 
 
 def predicts_everywhere(conns: dict[int, http.client.HTTPConnection], n: int) -> None:
     """Until every worker's /metrics counts ``n`` answered /predict (a sibling's tally lags
     :data:`workers.TALLY_EVERY`), its histogram too."""
     for c in conns.values():
-        wait_for(f"/predict counted {n} times", lambda c=c: metric(get(c, "/metrics"), PREDICTS) == n,
-                 deadline=10, every=0.05)
-        assert metric(get(c, "/metrics"), "modelshelf_predict_seconds_count") == n
+        wait_for(f"/predict counted {n} times", lambda c=c: predicts(c) == n, deadline=10, every=0.05)
+        assert metric(c, "modelshelf_predict_seconds_count") == n
+
+
+def answered_by_two(p: Project, serve: Callable[..., Server], counts: tuple[int, int], rows: int = 1,
+                    ) -> tuple[Server, dict[int, http.client.HTTPConnection], bytes]:
+    """``shelf serve --workers 2``, a connection to each worker, and ``counts[i]`` /predict
+    answers of ``rows`` rows from worker i; the server, the connections and the body."""
+    s = serve(p.root, "--model", "prod", "--poll", "0", "--workers", "2")
+    workers_on(s, 2, "1.0.0")
+    body = json.dumps(rows_body(held_out(p.root).iloc[:rows])).encode()
+    conns = pinned(s)
+    for c, n in zip(conns.values(), counts, strict=True):
+        for _ in range(n):
+            answer(c, body)
+    return s, conns, body
 
 
 def test_metrics_count_what_every_worker_answered(two_releases: Project, serve: Callable[..., Server]) -> None:
-    p = two_releases
-    s = serve(p.root, "--model", "prod", "--poll", "0", "--workers", "2")
-    workers_on(s, 2, "1.0.0")
-    body = json.dumps(rows_body(held_out(p.root).iloc[:2])).encode()
-    conns = pinned(s)
-    for c, n in zip(conns.values(), (7, 5), strict=True):
-        for _ in range(n):
-            answer(c, body)
+    _, conns, _ = answered_by_two(two_releases, serve, (7, 5), rows=2)
     # Answered by either worker, a scrape says 12: one worker's count would be 7 or 5, and a
     # Prometheus counter moving between the two would read as a reset on every other scrape.
     predicts_everywhere(conns, 12)
     for c in conns.values():
-        text = get(c, "/metrics")
-        assert metric(text, "modelshelf_prediction_rows_total") == 24, text
-        assert metric(text, "modelshelf_connections") >= 2, text  # every worker's open ones
+        samples = parse_metrics(get(c, "/metrics"))
+        assert one(samples, "modelshelf_prediction_rows_total") == 24, samples
+        assert one(samples, "modelshelf_connections") >= 2, samples  # every worker's open ones
     for c in conns.values():
         c.close()
 
 
 def test_scrapes_under_load_never_go_down_whichever_worker_answers(two_releases: Project,
                                                                    serve: Callable[..., Server]) -> None:
-    p = two_releases
-    s = serve(p.root, "--model", "prod", "--poll", "0", "--workers", "2")
-    workers_on(s, 2, "1.0.0")
-    body = json.dumps(rows_body(held_out(p.root).iloc[:1])).encode()
-    conns = pinned(s)
+    s, conns, body = answered_by_two(two_releases, serve, (0, 0))
     seen: list[float] = []
     with Load(s.port, body, clients=2, max_requests=3000) as load:
         for i in range(200):  # the two workers in turn, as Prometheus meets them behind a Service
-            seen.append(metric(get(list(conns.values())[i % 2], "/metrics"), PREDICTS, absent=0))
+            seen.append(predicts(list(conns.values())[i % 2]))
         load.stop.set()
     assert load.failed == 0 and load.ok > 0, load.bad
     assert all(b >= a for a, b in zip(seen, seen[1:])), seen  # a fall reads as a counter reset
@@ -702,14 +700,7 @@ def test_scrapes_under_load_never_go_down_whichever_worker_answers(two_releases:
 @slow
 def test_metrics_never_go_down_when_a_worker_is_killed(two_releases: Project,
                                                         serve: Callable[..., Server]) -> None:
-    p = two_releases
-    s = serve(p.root, "--model", "prod", "--poll", "0", "--workers", "2")
-    workers_on(s, 2, "1.0.0")
-    body = json.dumps(rows_body(held_out(p.root).iloc[:1])).encode()
-    conns = pinned(s)
-    for c, n in zip(conns.values(), (6, 9), strict=True):
-        for _ in range(n):
-            answer(c, body)
+    s, conns, body = answered_by_two(two_releases, serve, (6, 9))
     predicts_everywhere(conns, 15)  # both tallies published
     victim = max(conns)
     os.kill(victim, signal.SIGKILL)

@@ -46,12 +46,7 @@ class Metrics:
                 self.rows += rows
                 self.latency_sum += seconds
                 self.latency_count += 1
-                for i, bound in enumerate(BUCKETS):
-                    if seconds <= bound:
-                        self.buckets[i] += 1
-                        break
-                else:
-                    self.buckets[-1] += 1
+                self.buckets[bisect_left(BUCKETS, seconds)] += 1  # the first bound >= seconds, or +Inf
 
     def observe_role(self, role: str, version: str, status: int, seconds: float) -> None:
         """An answer beside a canary: by the stable model or the candidate (``role``), at ``version``."""
@@ -60,7 +55,7 @@ class Metrics:
             h = self.role_latency.get(role)
             if h is None:
                 h = self.role_latency[role] = {"buckets": [0] * (len(BUCKETS) + 1), "sum": 0.0, "count": 0}
-            h["buckets"][bisect_left(BUCKETS, seconds)] += 1  # the first bound >= seconds, or +Inf
+            h["buckets"][bisect_left(BUCKETS, seconds)] += 1
             h["sum"] += seconds
             h["count"] += 1
 
@@ -84,7 +79,7 @@ class Metrics:
         several summed) and ``connections`` open now, when given."""
         c = self.snapshot() if counts is None else counts
         requests = {(p, s): n for p, s, n in c["requests"]}
-        rows, buckets, latency_sum, latency_count = c["rows"], c["buckets"], c["latency_sum"], c["latency_count"]
+        rows = c["rows"]
         if connections is None:
             connections = self.open_connections()
         out = ["# HELP modelshelf_requests_total HTTP requests by path and status.",
@@ -97,14 +92,8 @@ class Metrics:
                 "# HELP modelshelf_prediction_rows_total Rows predicted.",
                 "# TYPE modelshelf_prediction_rows_total counter", f"modelshelf_prediction_rows_total {rows}",
                 "# HELP modelshelf_predict_seconds Latency of /predict, in seconds.",
-                "# TYPE modelshelf_predict_seconds histogram"]
-        cumulative = 0
-        for bound, n in zip((*BUCKETS, float("inf")), buckets, strict=True):
-            cumulative += n
-            le = "+Inf" if bound == float("inf") else repr(bound)
-            out.append(f'modelshelf_predict_seconds_bucket{{le="{le}"}} {cumulative}')
-        out += [f"modelshelf_predict_seconds_sum {latency_sum}",
-                f"modelshelf_predict_seconds_count {latency_count}",
+                "# TYPE modelshelf_predict_seconds histogram",
+                *_histogram("modelshelf_predict_seconds", "", c["buckets"], c["latency_sum"], c["latency_count"]),
                 "# HELP modelshelf_model_info The model version being served.",
                 "# TYPE modelshelf_model_info gauge",
                 f'modelshelf_model_info{{name="{name}",version="{version}",format="{fmt}"}} 1',
@@ -129,14 +118,19 @@ class Metrics:
             out += ["# HELP modelshelf_canary_seconds Latency of the answers beside a canary, by role, in seconds.",
                     "# TYPE modelshelf_canary_seconds histogram"]
             for role, h in sorted(c["role_latency"].items()):
-                cumulative = 0
-                for bound, n in zip((*BUCKETS, float("inf")), h["buckets"], strict=True):
-                    cumulative += n
-                    le = "+Inf" if bound == float("inf") else repr(bound)
-                    out.append(f'modelshelf_canary_seconds_bucket{{role="{role}",le="{le}"}} {cumulative}')
-                out += [f'modelshelf_canary_seconds_sum{{role="{role}"}} {h["sum"]}',
-                        f'modelshelf_canary_seconds_count{{role="{role}"}} {h["count"]}']
+                out += _histogram("modelshelf_canary_seconds", f'role="{role}"', h["buckets"], h["sum"], h["count"])
         return "\n".join(out) + "\n"
+
+
+def _histogram(name: str, labels: str, buckets: list[int], total: float, count: int) -> list[str]:
+    """A histogram's sample lines: cumulative buckets, then ``_sum`` and ``_count``."""
+    out, cumulative = [], 0
+    for bound, n in zip((*BUCKETS, float("inf")), buckets, strict=True):
+        cumulative += n
+        le = "+Inf" if bound == float("inf") else repr(bound)
+        out.append(f'{name}_bucket{{{labels + "," if labels else ""}le="{le}"}} {cumulative}')
+    braces = f"{{{labels}}}" if labels else ""
+    return [*out, f"{name}_sum{braces} {total}", f"{name}_count{braces} {count}"]
 
 
 def add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
